@@ -1,0 +1,1 @@
+"""The ``shamisa`` command line: thin typer commands over the library (see ``app.py``)."""

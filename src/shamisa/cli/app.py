@@ -1,0 +1,63 @@
+"""The typer application. Each sub-command lives in its own module of this package and exposes
+``register(app)``; heavy imports (torch, ...) happen inside the commands so ``--help`` is instant.
+
+Conventions: data on stdout (or ``-o FILE``), progress and logs on stderr; exit 0 only when every item
+succeeded; expected errors (:class:`shamisa.errors.ShamisaError`) print one line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from shamisa import __version__
+from shamisa.cli import (
+    benchmark_cmd,
+    distort_cmd,
+    evaluate_cmd,
+    finetune_cmd,
+    pretrain_cmd,
+    score_cmd,
+)
+
+app = typer.Typer(
+    name="shamisa",
+    help="Self-supervised no-reference image quality assessment (SHAMISA, LML-IQA).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+EXIT_USER_ERROR = 2
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"shamisa {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True, help="Print the version."),
+) -> None:
+    """Self-supervised no-reference image quality assessment (SHAMISA, LML-IQA)."""
+
+
+for _module in (score_cmd, evaluate_cmd, distort_cmd, pretrain_cmd, finetune_cmd, benchmark_cmd):
+    _module.register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the app, turning expected errors into one-line messages."""
+    from shamisa.errors import ShamisaError
+
+    try:
+        app(args=argv, standalone_mode=True)
+    except ShamisaError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,48 @@
+"""Shared fixtures. Tests never read ../shared: images are generated here or committed under tests/fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def natural_like_image(h: int = 96, w: int = 128, seed: int = 0) -> torch.Tensor:
+    """A deterministic (3, H, W) image in [0, 1] with smooth regions, edges and texture, so that every
+    distortion has something to act on."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+    r = 0.5 + 0.4 * torch.sin(6.0 * xx + 2.0 * yy)
+    gch = 0.5 + 0.4 * torch.cos(5.0 * yy - 3.0 * xx)
+    b = ((xx - 0.5) ** 2 + (yy - 0.5) ** 2 < 0.08).float() * 0.6 + 0.2
+    img = torch.stack([r, gch, b])
+    img = img + 0.05 * torch.rand(3, h, w, generator=g)
+    img[:, h // 3 : h // 3 + 4, :] = 0.95  # a sharp bright bar
+    return img.clamp(0, 1)
+
+
+@pytest.fixture
+def rgb_image() -> torch.Tensor:
+    return natural_like_image()
+
+
+@pytest.fixture
+def image_batch() -> torch.Tensor:
+    return torch.stack([natural_like_image(seed=s) for s in range(3)])
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """A folder of small PNG/JPEG files."""
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(4):
+        arr = (natural_like_image(240, 260, seed=i).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+        Image.fromarray(arr).save(folder / f"img{i}.{'png' if i % 2 else 'jpg'}")
+    return folder
