@@ -11,6 +11,16 @@ import torch
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Unit tests use tiny tensors: one intra-op thread is as fast and never oversubscribes a
+    shared machine (spinning OpenMP threads made some files several times slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def natural_like_image(h: int = 96, w: int = 128, seed: int = 0) -> torch.Tensor:
     """A deterministic (3, H, W) image in [0, 1] with smooth regions, edges and texture, so that every
     distortion has something to act on."""

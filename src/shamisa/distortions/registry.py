@@ -1,0 +1,181 @@
+"""The registry of the 26 distortion types and :func:`apply_distortion`."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from shamisa.distortions import functional as Fn
+from shamisa.distortions.levels import DISTORTION_NAMES, GROUP_OF, GROUPS, LEVELS, INT_TYPES_EXTENDED
+from shamisa.errors import ConfigError
+
+DistortionFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+#: Types whose output depends on random draws (they use the per-sample seeds).
+STOCHASTIC: frozenset[str] = frozenset(
+    {"motionblur", "colorshift", "whitenoise", "whitenoiseCC", "impulsenoise", "multnoise", "jitter",
+     "noneccpatch", "colorblock"}
+)
+
+#: What the parameter of each type means (for listings and docs).
+PARAMETER: dict[str, str] = {
+    "gaublur": "Gaussian sigma (px)",
+    "lensblur": "disk radius (px)",
+    "motionblur": "line length (px)",
+    "colordiff": "chroma diffusion amount",
+    "colorshift": "green shift (px)",
+    "colorsat1": "HSV saturation factor",
+    "colorsat2": "Lab chroma factor",
+    "jpeg2000": "compression ratio",
+    "jpeg": "JPEG quality",
+    "whitenoise": "noise variance (RGB)",
+    "whitenoiseCC": "noise variance (YCbCr)",
+    "impulsenoise": "salt-and-pepper density",
+    "multnoise": "noise variance",
+    "brighten": "curve amount",
+    "darken": "curve amount",
+    "meanshiftneg": "shift",
+    "meanshiftpos": "shift",
+    "jitter": "displacement std (px)",
+    "noneccpatch": "number of patches",
+    "pixelate": "strength",
+    "quantization": "number of levels",
+    "colorblock": "number of blocks",
+    "highsharpen": "unsharp amount",
+    "lincontrchangeneg": "curve amount",
+    "lincontrchangepos": "curve amount",
+    "nonlincontrchange": "output half-range",
+}
+
+
+class UnknownDistortionError(ConfigError, KeyError):
+    """A distortion type name that is not in the registry."""
+
+    def __init__(self, name: str) -> None:
+        close = difflib.get_close_matches(name, DISTORTION_NAMES, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; known types: {', '.join(DISTORTION_NAMES)}"
+        self.name = name
+        super().__init__(f"unknown distortion type {name!r}{hint}")
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class DistortionSpec:
+    """One distortion type.
+
+    Attributes:
+        name: type name (spec table spelling).
+        group: one of the 7 groups.
+        levels: the 5 level-table parameter values (increasing severity).
+        integer: whether the parameter is integer-valued (``extended_int_distortions=True``).
+        fn: the batched function ``fn(x (B,3,H,W), values (B,), seeds (B,) | None) -> (B,3,H,W)``.
+        stochastic: whether the output depends on random draws.
+        parameter: what the parameter means.
+    """
+
+    name: str
+    group: str
+    levels: tuple[float, float, float, float, float]
+    integer: bool
+    fn: DistortionFn
+    stochastic: bool
+    parameter: str
+
+
+DISTORTIONS: dict[str, DistortionSpec] = {
+    name: DistortionSpec(
+        name=name,
+        group=GROUP_OF[name],
+        levels=tuple(float(t) for t in LEVELS[name]),  # type: ignore[arg-type]
+        integer=name in INT_TYPES_EXTENDED,
+        fn=getattr(Fn, name),
+        stochastic=name in STOCHASTIC,
+        parameter=PARAMETER[name],
+    )
+    for name in DISTORTION_NAMES
+}
+
+assert tuple(DISTORTIONS) == DISTORTION_NAMES and len(GROUPS) == 7
+
+
+#: On the CPU a batch is processed in chunks of this many images, so that the temporaries of one
+#: function stay in the cache (every sample's result is independent of its batch, so this changes nothing).
+CHUNK_SIZE = int(os.environ.get("SHAMISA_DISTORT_CHUNK", "8"))
+
+
+def get_spec(name: str) -> DistortionSpec:
+    """The spec of ``name``; raises :class:`UnknownDistortionError` (a ``ConfigError``) with close names."""
+    try:
+        return DISTORTIONS[name]
+    except KeyError:
+        raise UnknownDistortionError(name) from None
+
+
+def draw_seeds(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``n`` per-sample seeds (int64, CPU) drawn from a CPU generator (or the global CPU RNG)."""
+    if generator is not None and generator.device.type != "cpu":
+        raise ValueError("distortion randomness is drawn on the CPU: pass a CPU torch.Generator")
+    return torch.randint(0, 2**62, (n,), generator=generator, dtype=torch.int64)
+
+
+def apply_distortion(
+    x: torch.Tensor,
+    name: str,
+    values: torch.Tensor | float,
+    generator: torch.Generator | None = None,
+    *,
+    seeds: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Apply one distortion type to a batch, one parameter value per sample.
+
+    Args:
+        x: (B, 3, H, W) float images in [0, 1] (any float dtype, any device).
+        name: type name (see :data:`DISTORTION_NAMES`).
+        values: (B,) parameter values (or one number for the whole batch).
+        generator: CPU generator for the random draws. Every call consumes exactly ``B`` seeds from it
+            (``torch.randint(0, 2**62, (B,))``), whether or not the type is stochastic; sample ``i`` then
+            draws everything from a generator seeded with ``seeds[i]``. So one sample's result does not
+            depend on the rest of the batch, nor on the device.
+        seeds: (B,) int64 seeds to use instead of drawing them from ``generator``.
+
+    Returns:
+        (B, 3, H, W) clamped to [0, 1], same dtype and device as ``x``.
+
+    Raises:
+        UnknownDistortionError: unknown type name.
+        ValueError: bad shapes.
+    """
+    spec = get_spec(name)
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(x.shape)}")
+    b = x.shape[0]
+    v = torch.as_tensor(values, dtype=torch.float64)
+    if v.ndim == 0:
+        v = v.expand(b)
+    v = v.detach().cpu().double().reshape(-1)
+    if v.numel() != b:
+        raise ValueError(f"expected {b} parameter values, got {v.numel()}")
+    if seeds is None:
+        seeds = draw_seeds(b, generator)
+    seeds = torch.as_tensor(seeds, dtype=torch.int64).cpu().reshape(-1)
+    if seeds.numel() != b:
+        raise ValueError(f"expected {b} seeds, got {seeds.numel()}")
+    if b == 0:
+        return x.clone()
+    dtype = x.dtype
+    xf = x if dtype in (torch.float32, torch.float64) else x.float()
+    chunk = CHUNK_SIZE if xf.device.type == "cpu" else b
+    if b <= chunk:
+        y = spec.fn(xf, v, seeds)
+        return y.clamp_(0.0, 1.0).to(dtype) if y is not xf else y.clamp(0.0, 1.0).to(dtype)
+    out = torch.empty_like(x)
+    for i in range(0, b, chunk):
+        yc = spec.fn(xf[i : i + chunk], v[i : i + chunk], seeds[i : i + chunk])
+        out[i : i + chunk] = yc.clamp(0.0, 1.0)
+    return out

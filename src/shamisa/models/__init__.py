@@ -1,0 +1,29 @@
+"""Encoders (EfficientNet-Lite0/1/2, ResNet-18/50), the projector head and safetensors weight files."""
+
+from __future__ import annotations
+
+from shamisa.models.encoder import ENCODER_NAMES, Encoder, build_encoder, load_backbone_state
+from shamisa.models.heads import Projector, default_projector_dims
+from shamisa.models.imagenet import imagenet_state_dict
+from shamisa.models.weights import (
+    load_encoder,
+    load_state_file,
+    read_encoder_metadata,
+    save_encoder,
+    tensors_sha256,
+)
+
+__all__ = [
+    "ENCODER_NAMES",
+    "Encoder",
+    "Projector",
+    "build_encoder",
+    "default_projector_dims",
+    "imagenet_state_dict",
+    "load_backbone_state",
+    "load_encoder",
+    "load_state_file",
+    "read_encoder_metadata",
+    "save_encoder",
+    "tensors_sha256",
+]

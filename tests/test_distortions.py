@@ -1,0 +1,494 @@
+"""Tests of the distortion engine: the 26 functions, severity mapping, composition sampler, batch builder, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from shamisa.distortions import (
+    DISTORTION_NAMES,
+    DISTORTIONS,
+    GROUP_OF,
+    GROUPS,
+    INT_TYPES_BASIC,
+    INT_TYPES_EXTENDED,
+    LEVELS,
+    UnknownDistortionError,
+    apply_distortion,
+    build_structured_batch,
+    collate_structured,
+    sample_compositions,
+    sample_views,
+    severity_to_value,
+    value_to_severity,
+)
+from shamisa.errors import ConfigError, ShamisaError
+from conftest import natural_like_image
+
+H, W = 48, 64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Small tensors: one intra-op thread is faster, and much faster on a shared, oversubscribed CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def batch() -> torch.Tensor:
+    return torch.stack([natural_like_image(H, W, seed=s) for s in range(3)])
+
+
+def _level_values(name: str, n: int) -> torch.Tensor:
+    """n values spread over the level table (severities 0, 1, ..., cycling, plus a fractional one)."""
+    s = torch.tensor([(i * 1.37) % 4.0 for i in range(n)], dtype=torch.float64)
+    return severity_to_value(name, s)[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# registry
+# --------------------------------------------------------------------------------------------------
+
+
+def test_registry_matches_spec_table():
+    assert len(DISTORTION_NAMES) == 26 and len(GROUPS) == 7
+    assert tuple(DISTORTIONS) == DISTORTION_NAMES
+    assert list(GROUPS) == [
+        "blur", "color_distortion", "jpeg", "noise", "brightness_change", "spatial_distortion", "sharpness_contrast"
+    ]
+    assert sum(len(v) for v in GROUPS.values()) == 26
+    for name, spec in DISTORTIONS.items():
+        assert spec.group == GROUP_OF[name] and name in GROUPS[spec.group]
+        assert len(spec.levels) == 5 and spec.levels == tuple(float(t) for t in LEVELS[name])
+        assert spec.integer == (name in INT_TYPES_EXTENDED)
+    assert INT_TYPES_BASIC < INT_TYPES_EXTENDED and len(INT_TYPES_EXTENDED) == 11
+
+
+def test_unknown_type_suggests_close_names(batch):
+    with pytest.raises(UnknownDistortionError, match="gaublur") as info:
+        apply_distortion(batch, "gausblur", torch.ones(3))
+    assert isinstance(info.value, ShamisaError)
+
+
+def test_bad_shapes_are_rejected(batch):
+    with pytest.raises(ValueError, match="parameter values"):
+        apply_distortion(batch, "gaublur", torch.ones(2))
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        apply_distortion(batch[0], "gaublur", torch.ones(3))
+
+
+# --------------------------------------------------------------------------------------------------
+# every type: shape, dtype, range, determinism, batch == per image
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", DISTORTION_NAMES)
+def test_shape_dtype_range_kept(name, batch):
+    v = _level_values(name, 3)
+    y = apply_distortion(batch, name, v, torch.Generator().manual_seed(0))
+    assert y.shape == batch.shape and y.dtype == batch.dtype and y.device == batch.device
+    assert torch.isfinite(y).all() and y.min() >= 0 and y.max() <= 1
+    # float64 input keeps its dtype as well
+    y64 = apply_distortion(batch.double(), name, v, torch.Generator().manual_seed(0))
+    assert y64.dtype == torch.float64 and y64.min() >= 0 and y64.max() <= 1
+
+
+@pytest.mark.parametrize("name", DISTORTION_NAMES)
+def test_deterministic_under_seeded_generator(name, batch):
+    v = _level_values(name, 3)
+    a = apply_distortion(batch, name, v, torch.Generator().manual_seed(7))
+    b = apply_distortion(batch, name, v, torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
+    if DISTORTIONS[name].stochastic:
+        c = apply_distortion(batch, name, v, torch.Generator().manual_seed(8))
+        assert not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("name", DISTORTION_NAMES)
+def test_batch_equals_per_image(name, batch):
+    v = _level_values(name, 3)
+    seeds = torch.tensor([11, 22, 33])
+    whole = apply_distortion(batch, name, v, seeds=seeds)
+    for i in range(3):
+        one = apply_distortion(batch[i : i + 1], name, v[i : i + 1], seeds=seeds[i : i + 1])
+        torch.testing.assert_close(whole[i : i + 1], one, atol=2e-5, rtol=0)
+
+
+def test_generator_consumes_one_seed_per_sample(batch):
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    apply_distortion(batch, "gaublur", torch.ones(3), g1)
+    torch.randint(0, 2**62, (3,), generator=g2)
+    assert torch.equal(torch.rand(4, generator=g1), torch.rand(4, generator=g2))
+
+
+# --------------------------------------------------------------------------------------------------
+# severity grows with the level
+# --------------------------------------------------------------------------------------------------
+
+
+def _step_image(h: int, w: int, seed: int) -> torch.Tensor:
+    """A diagonal colour step (for colorshift, whose effect is a displacement at edges)."""
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    off = seed % 7
+    mask = (yy + xx > (h + w) // 2 + off).float()
+    return torch.stack([0.2 + 0.6 * mask, 0.8 - 0.6 * mask, 0.5 * torch.ones(h, w)])
+
+
+def _change(name: str, x: torch.Tensor, y: torch.Tensor) -> float:
+    """The per-type change measure used for the monotonicity test.
+
+    * colorblock, noneccpatch: fraction of pixels changed (the draws are nested, so this is monotone).
+    * pixelate: fraction of horizontally repeated pixels (block size), since nearest resampling of a
+      smooth synthetic image aliases and its MSE is not monotone at small sizes.
+    * all others: MSE.
+    """
+    if name in ("colorblock", "noneccpatch"):
+        return ((y - x).abs().amax(1) > 1e-6).float().mean().item()
+    if name == "pixelate":
+        return (y[..., 1:] == y[..., :-1]).all(1).float().mean().item()
+    return ((y - x) ** 2).mean().item()
+
+
+#: Types whose effect saturates on a 48x64 image (16x16 / 32x32 patches, codec header overhead).
+LARGER = ("noneccpatch", "colorblock", "jpeg2000")
+
+
+@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 10_000))
+def test_change_is_non_decreasing_over_levels(seed):
+    for name, spec in DISTORTIONS.items():
+        if name == "colorshift":
+            x = _step_image(H, W, seed)
+        elif name in LARGER:
+            x = natural_like_image(2 * H, 2 * W, seed=seed)
+        else:
+            x = natural_like_image(H, W, seed=seed)
+        xb = x[None].expand(5, -1, -1, -1).contiguous()
+        y = apply_distortion(xb, name, torch.tensor(spec.levels), seeds=torch.full((5,), seed))
+        ch = [_change(name, x, y[i]) for i in range(5)]
+        scale = max(ch) + 1e-12
+        for a, b in zip(ch, ch[1:], strict=False):
+            assert b >= a - 1e-3 * scale - 1e-7, f"{name}: {ch}"
+        assert ch[-1] > ch[0] or name in ("jpeg2000",), f"{name} does not change with the level: {ch}"
+
+
+@pytest.mark.parametrize("name", ["meanshiftneg", "meanshiftpos", "lincontrchangeneg", "lincontrchangepos"])
+def test_zero_levels_are_identity(name, batch):
+    y = apply_distortion(batch, name, torch.zeros(3))
+    torch.testing.assert_close(y, batch, atol=1e-6, rtol=0)
+
+
+def test_small_hand_computed_cases():
+    x = torch.tensor([0.0, 0.3, 0.5, 1.0]).view(1, 1, 1, 4).expand(1, 3, 1, 4).contiguous()
+    y = apply_distortion(x, "nonlincontrchange", torch.tensor([0.25]))  # [0, 1] -> [0.25, 0.75]
+    torch.testing.assert_close(y[0, 0, 0], torch.tensor([0.25, 0.4, 0.5, 0.75]))
+    y = apply_distortion(x, "darken", torch.tensor([0.5]))  # x - 2a x (1 - x)
+    torch.testing.assert_close(y[0, 0, 0], torch.tensor([0.0, 0.09, 0.25, 1.0]))
+    y = apply_distortion(x, "quantization", torch.tensor([3.0]))
+    torch.testing.assert_close(y[0, 0, 0], torch.tensor([0.0, 0.5, 0.5, 1.0]))
+    y = apply_distortion(x, "meanshiftpos", torch.tensor([0.1]))
+    torch.testing.assert_close(y[0, 0, 0], torch.tensor([0.1, 0.4, 0.6, 1.0]))
+    grey = torch.full((1, 3, 8, 8), 0.4)  # saturation changes leave grey untouched
+    torch.testing.assert_close(apply_distortion(grey, "colorsat1", torch.tensor([-0.4])), grey)
+
+
+def test_blur_preserves_constant_images():
+    c = torch.full((2, 3, 20, 24), 0.3)
+    for name in ("gaublur", "lensblur", "motionblur", "highsharpen", "colordiff"):
+        v = torch.tensor(LEVELS[name][3:5], dtype=torch.float64)
+        torch.testing.assert_close(apply_distortion(c, name, v, torch.Generator().manual_seed(0)), c, atol=6e-3, rtol=0)
+
+
+def test_jpeg_is_the_real_codec(batch):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    y = apply_distortion(batch[:1], "jpeg", torch.tensor([24.0]))
+    arr = (batch[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=24)
+    ref = torch.from_numpy(np.array(Image.open(buf).convert("RGB"))).permute(2, 0, 1).float() / 255
+    torch.testing.assert_close(y[0], ref)
+
+
+# --------------------------------------------------------------------------------------------------
+# severity mapping
+# --------------------------------------------------------------------------------------------------
+
+
+def test_severity_interpolation_continuous():
+    v, s2 = severity_to_value("gaublur", torch.tensor([0.0, 1.5, 3.25, 4.0]))
+    torch.testing.assert_close(v, torch.tensor([0.1, 0.75, 2.75, 5.0], dtype=torch.float64))
+    torch.testing.assert_close(s2, torch.tensor([0.0, 1.5, 3.25, 4.0], dtype=torch.float64))
+
+
+def test_severity_integer_rounding_and_rederived_index():
+    # jpeg2000 table 16, 32, 45, 120, 170: s = 2.35 -> 45 + 0.35 * 75 = 71.25 -> 71 -> s' = 2 + 26/75
+    v, s2 = severity_to_value("jpeg2000", torch.tensor([2.35]))
+    assert v.item() == 71.0
+    assert math.isclose(s2.item(), 2 + 26 / 75)
+    # decreasing table: jpeg 43, 36, 24, 7, 4: s = 0.5 -> 39.5 -> 40 (round half to even) -> s' = 3/7
+    v, s2 = severity_to_value("jpeg", torch.tensor([0.5]))
+    assert v.item() == 40.0 and math.isclose(s2.item(), 3 / 7)
+    # the non-extended set leaves colordiff continuous
+    v, _ = severity_to_value("colordiff", torch.tensor([0.25]), extended_int_distortions=False)
+    assert v.item() == pytest.approx(1.5)
+    v, _ = severity_to_value("colordiff", torch.tensor([0.25]))
+    assert v.item() == 2.0
+
+
+@given(s=st.floats(0.0, 4.0), name=st.sampled_from(DISTORTION_NAMES))
+@settings(max_examples=60, deadline=None)
+def test_severity_roundtrip_properties(s, name):
+    v, s2 = severity_to_value(name, torch.tensor([s]))
+    table = LEVELS[name]
+    lo, hi = math.floor(s), math.ceil(s)
+    assert min(table[lo], table[hi]) - 1e-9 <= v.item() <= max(table[lo], table[hi]) + 1e-9
+    assert lo - 1e-9 <= s2.item() <= hi + 1e-9
+    if DISTORTIONS[name].integer:
+        assert v.item() == round(v.item())
+    else:
+        assert s2.item() == pytest.approx(s)
+    # re-derived severity maps back to the same value
+    v3, _ = severity_to_value(name, s2)
+    assert v3.item() == pytest.approx(v.item(), abs=1e-9)
+    assert value_to_severity(name, v).item() == pytest.approx(s2.item(), abs=1e-9)
+
+
+def test_severity_out_of_range():
+    with pytest.raises(ValueError, match="severity"):
+        severity_to_value("jpeg", torch.tensor([4.5]))
+
+
+# --------------------------------------------------------------------------------------------------
+# sampler
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dist", ["gaussian", "uniform"])
+def test_sampler_metadata_consistent(dist):
+    comps = sample_compositions(64, generator=torch.Generator().manual_seed(1), severity_dist=dist)
+    f, l_, s = comps.indices.shape
+    assert (f, l_, s) == (64, 5, 7) and comps.type_ids.shape == (64, 7)
+    assert ((comps.n_dist >= 1) & (comps.n_dist <= 7)).all()
+    for i in range(f):
+        n, vs = int(comps.n_dist[i]), int(comps.var_slot[i])
+        assert 0 <= vs < n
+        ids = comps.type_ids[i]
+        assert (ids[:n] >= 0).all() and (ids[n:] == -1).all()
+        groups = [GROUP_OF[DISTORTION_NAMES[int(t)]] for t in ids[:n]]
+        assert len(set(groups)) == n
+        assert (comps.indices[i, :, n:] == -1).all() and (comps.values[i, :, n:] == -1).all()
+        for j in range(n):
+            col_i, col_v = comps.indices[i, :, j], comps.values[i, :, j]
+            assert ((col_i >= 0) & (col_i <= 4)).all()
+            if j != vs:
+                assert (col_i == col_i[0]).all() and (col_v == col_v[0]).all()
+            name = DISTORTION_NAMES[int(ids[j])]
+            v_expected, s_expected = severity_to_value(name, col_i)
+            torch.testing.assert_close(col_v, v_expected)
+            torch.testing.assert_close(col_i, s_expected)
+    # all seven lengths and every type appear in a large sample
+    big = sample_compositions(400, generator=torch.Generator().manual_seed(2))
+    assert set(big.n_dist.tolist()) == set(range(1, 8))
+    assert set(big.type_ids[big.type_ids >= 0].tolist()) == set(range(26))
+
+
+def test_sampler_severity_distribution():
+    comps = sample_compositions(1000, generator=torch.Generator().manual_seed(4))
+    base = torch.stack([comps.indices[i, 0, j] for i in range(300) for j in range(int(comps.n_dist[i]))])
+    # half-normal sigma 2.5 clipped at 4: P(s = 4) = 2 (1 - Phi(1.6)) ~ 0.11
+    vs = comps.indices[torch.arange(1000), :, comps.var_slot].flatten()
+    frac_max = (vs == 4).float().mean().item()
+    assert 0.07 < frac_max < 0.15
+    assert base.min() >= 0 and base.max() <= 4
+
+
+def test_sampler_is_deterministic_and_options():
+    a = sample_compositions(8, generator=torch.Generator().manual_seed(5))
+    b = sample_compositions(8, generator=torch.Generator().manual_seed(5))
+    for field in ("type_ids", "indices", "values", "n_dist", "var_slot"):
+        assert torch.equal(getattr(a, field), getattr(b, field))
+    d = sample_compositions(16, generator=torch.Generator().manual_seed(5), discrete=True, max_distortions=3)
+    assert d.type_ids.shape == (16, 3) and (d.n_dist <= 3).all()
+    act = d.indices[d.indices >= 0]
+    assert torch.equal(act, act.round())
+    fo = sample_compositions(16, generator=torch.Generator().manual_seed(5), fixed_order=True)
+    firsts = {members[0] for members in GROUPS.values()}
+    gnames = list(GROUPS)
+    for i in range(16):
+        names = fo.names(i)
+        assert set(names) <= firsts
+        order = [gnames.index(GROUP_OF[nm]) for nm in names]
+        assert order == sorted(order, key=lambda g: gnames[g])
+    with pytest.raises(ConfigError):
+        sample_compositions(2, generator=torch.Generator(), max_distortions=8)
+    with pytest.raises(ConfigError):
+        sample_compositions(2, generator=torch.Generator(), severity_dist="cauchy")  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------------------
+# views and builder
+# --------------------------------------------------------------------------------------------------
+
+
+def test_sample_views_shapes_and_padding():
+    img = natural_like_image(60, 80, seed=1)
+    full, half = sample_views(img, 32, torch.Generator().manual_seed(0))
+    assert full.shape == half.shape == (3, 32, 32)
+    small = natural_like_image(20, 30, seed=1)
+    full, half = sample_views(small, 32, torch.Generator().manual_seed(0))
+    assert full.shape == (3, 32, 32) and (full[:, 20:] == 0).all() and (full[:, :, 30:] == 0).all()
+    assert (half[:, 10:] == 0).all() and half[:, :10, :15].abs().sum() > 0
+    # the full crop is a window of the image
+    full, _ = sample_views(img, 32, torch.Generator().manual_seed(3))
+    hits = [
+        (t, l_) for t in range(60 - 31) for l_ in range(80 - 31) if torch.equal(img[:, t : t + 32, l_ : l_ + 32], full)
+    ]
+    assert hits
+
+
+def _chain_full(x: torch.Tensor, comps, f: int, level: int) -> torch.Tensor:
+    names = comps.names(f)
+    for j, name in enumerate(names):
+        x = apply_distortion(x, name, comps.values[f, level, j].expand(x.shape[0]), torch.Generator().manual_seed(0))
+    return x
+
+
+def _deterministic_comps(n: int, seed: int):
+    """Compositions restricted to deterministic types (re-sampled until every chain qualifies)."""
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        c = sample_compositions(n, generator=g, max_distortions=4)
+        if all(not DISTORTIONS[nm].stochastic for f in range(n) for nm in c.names(f)):
+            return c
+
+
+def test_builder_layout_and_prefix_sharing():
+    r, p = 2, 24
+    full = torch.stack([natural_like_image(p, p, seed=10 + i) for i in range(r)])
+    half = torch.stack([natural_like_image(p, p, seed=20 + i) for i in range(r)])
+    comps = _deterministic_comps(3, seed=0)
+    sb = build_structured_batch(full, half, comps, torch.Generator().manual_seed(0))
+    assert sb.dist.shape == (2 * r, 3, 5, 3, p, p) and sb.refs.shape == (2 * r, 3, p, p)
+    assert torch.equal(sb.refs[:r], full) and torch.equal(sb.refs[r:], half)
+    for name in ("indices", "values", "n_dist", "var_slot", "type_ids"):
+        assert torch.equal(getattr(sb, name), getattr(comps, name))
+    for f in range(3):
+        for lv in range(5):
+            expected = _chain_full(sb.refs, comps, f, lv)
+            torch.testing.assert_close(sb.dist[:, f, lv], expected, atol=1e-5, rtol=0)
+    vi = sb.var_indices
+    assert vi.shape == (3, 5)
+    assert torch.equal(vi[1], comps.indices[1, :, int(comps.var_slot[1])])
+
+
+def test_builder_stochastic_is_reproducible_and_collates():
+    r, p = 1, 20
+    full = natural_like_image(p, p, seed=1)[None]
+    half = natural_like_image(p, p, seed=2)[None]
+    comps = sample_compositions(2, generator=torch.Generator().manual_seed(9))
+    a = build_structured_batch(full, half, comps, torch.Generator().manual_seed(1))
+    b = build_structured_batch(full, half, comps, torch.Generator().manual_seed(1))
+    assert torch.equal(a.dist, b.dist)
+    assert a.dist.min() >= 0 and a.dist.max() <= 1
+    batch = collate_structured([a, b])
+    assert batch.dist.shape == (2, 2 * r, 2, 5, 3, p, p)
+    assert batch.refs.shape == (2, 2, 3, p, p)
+    assert batch.indices.shape == (2, 2, 5, 7) and batch.var_slot.shape == (2, 2)
+    assert batch.type_ids.shape == (2, 2, 7) and batch.n_dist.shape == (2, 2)
+    assert batch.var_indices.shape == (2, 2, 5)
+    moved = batch.to("cpu")
+    assert torch.equal(moved.dist, batch.dist) and torch.equal(moved.type_ids, batch.type_ids)
+    # row-major flattening over (b, v, f, l)
+    flat = batch.dist.reshape(-1, 3, p, p)
+    assert torch.equal(flat[((1 * 2 + 1) * 2 + 1) * 5 + 3], batch.dist[1, 1, 1, 3])
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def png(tmp_path):
+    from shamisa.images import save_image
+
+    path = tmp_path / "in.png"
+    save_image(natural_like_image(64, 80, seed=3), path)
+    return path
+
+
+def _run(args):
+    from typer.testing import CliRunner
+
+    from shamisa.cli.app import app
+
+    return CliRunner().invoke(app, args)
+
+
+def test_cli_list():
+    res = _run(["distort", "--list"])
+    assert res.exit_code == 0, res.output
+    for name in DISTORTION_NAMES:
+        assert name in res.output
+    res = _run(["distort", "--list", "--json"])
+    assert res.exit_code == 0
+    data = json.loads(res.stdout)
+    assert [d["name"] for d in data] == list(DISTORTION_NAMES)
+    assert data[8]["levels"] == [43.0, 36.0, 24.0, 7.0, 4.0] and data[8]["integer"] is True
+
+
+def test_cli_single_distortion(png, tmp_path):
+    from shamisa.images import load_image
+
+    out = tmp_path / "out.png"
+    res = _run(["distort", str(png), "--type", "gaublur", "--severity", "3", "-o", str(out), "--seed", "1"])
+    assert res.exit_code == 0, res.output
+    y, x = load_image(out), load_image(png)
+    assert y.shape == x.shape and ((y - x) ** 2).mean() > 1e-4
+    out2 = tmp_path / "out2.png"
+    res = _run(["distort", str(png), "--type", "whitenoise", "--value", "0.01", "-o", str(out2), "--seed", "1"])
+    assert res.exit_code == 0, res.output
+    out3 = tmp_path / "out3.png"
+    res = _run(["distort", str(png), "--type", "whitenoise", "--value", "0.01", "-o", str(out3), "--seed", "1"])
+    assert torch.equal(load_image(out2), load_image(out3))
+
+
+def test_cli_error_messages(png, tmp_path, capsys):
+    from shamisa.cli.app import main
+
+    for args, message in [
+        ([str(png), "--type", "gausblur", "--severity", "1"], "did you mean gaublur"),
+        ([str(png), "--type", "gaublur", "--severity", "5"], "severity"),
+        ([str(tmp_path / "missing.png"), "--type", "gaublur", "--severity", "1"], "no such file"),
+        ([str(png), "--type", "gaublur"], "--severity or --value"),
+        ([str(png), "--type", "gaublur", "--severity", "1", "--value", "2"], "not both"),
+    ]:
+        with pytest.raises(SystemExit) as info:
+            main(["distort", *args, "-o", str(tmp_path / "o.png")])
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_cli_sheet(png, tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "sheet.png"
+    res = _run(["distort", str(png), "--sheet", str(out), "--cell", "48", "--seed", "0"])
+    assert res.exit_code == 0, res.output
+    with Image.open(out) as im:
+        w, h = im.size
+    assert w > 5 * 48 and h > 26 * 48
