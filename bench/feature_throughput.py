@@ -58,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     from shamisa.models import build_encoder
     from shamisa.probe import extract_features
 
+    import os
+
     torch.set_num_threads(args.threads)
+    load_start = os.getloadavg()
     ds = load_dataset(args.dataset, args.root)
     paths = [str(p) for p in ds.paths[: args.limit]]
     enc = build_encoder(args.encoder, pretrained=True).eval().to(memory_format=torch.channels_last)
@@ -102,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "bf16_vs_fp32_features": diff,
         "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
-                    "torch": torch.__version__, "note": "2-core CPU VM shared with other jobs"},
+                    "torch": torch.__version__, "note": "2-core CPU VM shared with other jobs",
+                    "loadavg_1min_start_end": [round(load_start[0], 2), round(os.getloadavg()[0], 2)]},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     md = [
@@ -110,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Command: `{result['command']}`  ",
         f"Machine: 2-core CPU (shared), torch {torch.__version__}, {args.threads} threads, {args.workers} decode workers, "
-        f"batch {args.batch_size} images.",
+        f"batch {args.batch_size} images. 1-minute load average {load_start[0]:.1f} at the start, "
+        f"{os.getloadavg()[0]:.1f} at the end (other jobs share the 2 cores).",
         "",
         "| mode | images/s | crops/s | seconds |",
         "|---|---:|---:|---:|",

@@ -18,7 +18,7 @@ Modes:
 Timing is fair on a shared machine whose load changes: all modes run in ONE process, interleaved in
 rounds over chunks of ``--chunk`` images (round r: every mode scores chunk r), after one warm-up image
 each, so every mode sees the same background load; the time of each mode is summed over its chunks.
-Peak memory (``ru_maxrss``) is measured separately for each mode in its own subprocess on
+Peak memory (``VmHWM``, the peak resident set) is measured separately for each mode in its own subprocess on
 ``--memory-images`` images, since a process's peak cannot be split between modes.
 Writes ``bench/results/score_throughput.json`` and prints a markdown table.
 """
@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -67,10 +66,20 @@ def _memory_child(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     models = _load_models([args.memory_mode], args.model)
     paths = _paths(Path(args.images), args.memory_images)
-    rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_loaded = _vm("VmRSS")
     _run_mode(args.memory_mode, models, paths, args)
-    return {"mode": args.memory_mode, "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "rss_after_load_mb": round(rss_loaded / 1024, 1), "images": len(paths)}
+    return {"mode": args.memory_mode, "peak_rss_mb": round(_vm("VmHWM"), 1),
+            "rss_after_load_mb": round(rss_loaded, 1), "images": len(paths)}
+
+
+def _vm(key: str) -> float:
+    """A /proc/self/status memory field in MB. VmHWM (peak RSS) is used rather than ru_maxrss, which
+    Linux carries over from the parent across fork + exec."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def main() -> int:

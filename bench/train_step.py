@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/train_step.py [--preset cpu] [--data DIR] [--exclude kodak24] [--steps 3] [--set key=value ...]
+    python bench/train_step.py --data /work/shared/data/pristine [--preset cpu] [--exclude kodak24] [--steps 3] [--set key=value ...]
 
 Synthesis = building the step's structured items in the main process (decode, crops, every
 composition at every level); forward = encoder + projector + loss; backward = backward + SGD step.

@@ -492,3 +492,104 @@ def test_cli_sheet(png, tmp_path):
     with Image.open(out) as im:
         w, h = im.size
     assert w > 5 * 48 and h > 26 * 48
+
+
+# --------------------------------------------------------------------------------------------------
+# fast paths against straightforward references
+# --------------------------------------------------------------------------------------------------
+
+
+def test_contrast_curve_matches_the_not_a_knot_spline():
+    """The elementwise closed form equals scipy's not-a-knot spline through the knots (random inputs)."""
+    import numpy as np
+    from scipy.interpolate import CubicSpline
+
+    from shamisa.distortions.functional import CONTRAST_KNOTS, contrast_curve
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(6, 3, 9, 11, generator=g)
+    x[0, 0, 0, :4] = torch.tensor([0.0, 0.25, 0.5, 1.0])  # knots and ends
+    amount = torch.tensor([-0.7, -0.2, 0.0, 0.1, 0.45, 0.9], dtype=torch.float64)
+    y = contrast_curve(x, amount)
+    xs = np.array([0.0, *CONTRAST_KNOTS, 1.0])
+    for i, a in enumerate(amount.tolist()):
+        ys = [0.0, CONTRAST_KNOTS[0] - a / 4, 0.5, CONTRAST_KNOTS[2] + a / 4, 1.0]
+        cs = CubicSpline(xs, ys, bc_type="not-a-knot")
+        ref = torch.from_numpy(np.clip(cs(x[i].double().numpy()), 0, 1)).float()
+        torch.testing.assert_close(y[i], ref, atol=2e-6, rtol=0)
+
+
+def test_contrast_curve_keeps_the_jump_term_for_asymmetric_knots(monkeypatch):
+    """With knots where the two cubics differ, the max(x - k, 0)^3 term reproduces the spline."""
+    import numpy as np
+    from scipy.interpolate import CubicSpline
+
+    from shamisa.distortions import functional as fn
+
+    knots = (0.2, 0.45, 0.8)
+    monkeypatch.setattr(fn, "CONTRAST_KNOTS", knots)
+    fn._contrast_spline_coefs.cache_clear()
+
+    def coefs(amount: float):
+        xs = np.array([0.0, *knots, 1.0])
+        cs = CubicSpline(xs, [0.0, knots[0] - amount / 4, 0.5, knots[2] + amount / 4, 1.0], bc_type="not-a-knot")
+        return tuple(tuple(float(c) for c in cs.c[:, i]) for i in range(4)), cs
+
+    monkeypatch.setattr(fn, "_contrast_spline_coefs", lambda a: coefs(a)[0])
+    x = torch.rand(2, 3, 7, 5, generator=torch.Generator().manual_seed(4))
+    amount = torch.tensor([-0.4, 0.6], dtype=torch.float64)
+    y = fn.contrast_curve(x, amount)
+    for i, a in enumerate(amount.tolist()):
+        ref = torch.from_numpy(np.clip(coefs(a)[1](x[i].double().numpy()), 0, 1)).float()
+        torch.testing.assert_close(y[i], ref, atol=2e-6, rtol=0)
+
+
+def test_keep_heap_is_idempotent_and_can_be_disabled(monkeypatch):
+    from shamisa.distortions import memory
+
+    monkeypatch.setattr(memory, "_done", set())
+    monkeypatch.setenv("SHAMISA_KEEP_HEAP", "0")
+    assert memory.keep_heap() is False
+    monkeypatch.delenv("SHAMISA_KEEP_HEAP")
+    first = memory.keep_heap()
+    assert memory.keep_heap() is first
+    import os
+    import platform
+
+    assert (os.getpid() in memory._done) is first
+    if platform.libc_ver()[0] == "glibc":
+        assert first, "glibc's mallopt should accept the thresholds"
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    y1 = apply_distortion(x, "colorsat2", torch.tensor([0.5, 1.5]))
+    assert torch.equal(y1, apply_distortion(x, "colorsat2", torch.tensor([0.5, 1.5])))
+
+
+@pytest.mark.parametrize("kk", [3, 13, 25, 27, 41])
+@pytest.mark.parametrize("shared", [True, False])
+def test_sep_filter_paths_agree(kk, shared, monkeypatch):
+    """Shift-and-add and banded matrix products give the same separable filter (replicate borders)."""
+    from shamisa.distortions import functional as fn
+
+    g = torch.Generator().manual_seed(kk)
+    x = torch.rand(4, 2, 30, 37, generator=g)
+    sigma = torch.rand(4, generator=g, dtype=torch.float64) * 4 + 1
+    if shared:
+        sigma = sigma[:1].expand(4)
+    k = fn.gaussian_kernels(sigma, torch.full((4,), kk // 2))
+    monkeypatch.setattr(fn, "SEP_DIRECT_MAX_K", 1)
+    by_matrix = fn.sep_filter(x, k)
+    monkeypatch.setattr(fn, "SEP_DIRECT_MAX_K", 99)
+    direct = fn.sep_filter(x, k)
+    torch.testing.assert_close(direct, by_matrix, atol=2e-6, rtol=0)
+    # replicate-border reference: pad, then a depthwise correlation per sample
+    import torch.nn.functional as F
+
+    p = kk // 2
+    rows = []
+    for i in range(4):
+        ki = k[i].float()
+        xi = F.pad(x[i : i + 1], (p, p, p, p), mode="replicate")
+        xi = F.conv2d(xi, ki.view(1, 1, 1, -1).expand(2, 1, 1, -1), groups=2)
+        rows.append(F.conv2d(xi, ki.view(1, 1, -1, 1).expand(2, 1, -1, 1), groups=2)[0])
+    ref = torch.stack(rows)
+    torch.testing.assert_close(direct, ref, atol=2e-6, rtol=0)

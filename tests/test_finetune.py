@@ -165,12 +165,12 @@ def test_finetune_cli_end_to_end(csv_dataset: Path, tmp_path: Path) -> None:
 
     out = tmp_path / "lml"
     args = ["finetune", "csv", "--root", str(csv_dataset), "--method", "lml", "--no-pretrained",
-            "--crop", "32", "--batch-size", "4", "--n-crops", "4", "--epochs", "1", "--n-splits", "1",
-            "--saliency", "spectral", "--out", str(out), "--quiet"]
+            "--crop", "32", "--batch-size", "7", "--n-crops", "2", "--epochs", "1", "--n-splits", "1",
+            "--saliency", "spectral", "--eval-mode", "center", "--out", str(out), "--quiet"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    assert summary["config"]["saliency"] == "spectral" and summary["steps"] == 3  # 14 train images / 4
+    assert summary["config"]["saliency"] == "spectral" and summary["steps"] == 2  # 14 train images / 7
     assert summary["stopped_by"] == "epochs"
     assert np.isfinite(summary["test_srcc"]) and np.isfinite(summary["test_plcc"])
     stored = json.loads((out / "result.json").read_text())
@@ -184,7 +184,7 @@ def test_finetune_cli_end_to_end(csv_dataset: Path, tmp_path: Path) -> None:
 
     ds = load_dataset("csv", csv_dataset)
     test = make_splits(ds, n_splits=1, seed=27).test[0]
-    pred = predict_paths(model, [str(ds.paths[i]) for i in test], crop=32)
+    pred = predict_paths(model, [str(ds.paths[i]) for i in test], crop=32, mode="center")
     assert srcc(pred, ds.scores[test]) == pytest.approx(summary["test_srcc"], abs=1e-6)
     assert (out / "encoder.safetensors").is_file()
 

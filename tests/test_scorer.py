@@ -238,6 +238,14 @@ def test_optimized_encoder_matches_eager(tiny):
     np.testing.assert_allclose(fast, eager, rtol=1e-5, atol=1e-4)
 
 
+def test_no_tracer_warnings_leak(tmp_path, tiny, recwarn):
+    """The optimised encoder is traced before decoding threads start, so its warnings stay silenced."""
+    m = scorer.load(tiny[0])
+    paths = [_png(tmp_path, f"w{i}.png", i) for i in range(4)]
+    assert all(r.ok for r in m.score_paths(paths, batch_size=1, workers=2))
+    assert not [w for w in recwarn if "trace" in str(w.message).lower()]
+
+
 def test_batched_equals_one_by_one(tmp_path, model):
     paths = [_png(tmp_path, f"b{i}.png", i, 60 + 7 * i, 90 - 5 * i) for i in range(5)]
     batched = model.score(paths, batch_size=2, workers=2)

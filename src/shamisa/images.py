@@ -31,6 +31,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from shamisa.errors import ImageLoadError
 
+# Our own pixel guard (``max_pixels``) runs before decoding; Pillow's softer warning is redundant.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm", ".jp2", ".j2k"}
 )
@@ -105,25 +108,23 @@ def load_image(
             raise ImageLoadError(p, "is a directory, not an image")
         if p.stat().st_size == 0:
             raise ImageLoadError(p, "empty file")
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(p) as img:
-                w, h = img.size
-                if w * h > max_pixels:
-                    raise ImageLoadError(
-                        p, f"image is {w}x{h} = {w * h} pixels, over the limit of {max_pixels} (decompression-bomb guard)"
-                    )
-                if min(w, h) < min_side:
-                    raise ImageLoadError(p, f"image is {w}x{h}, smaller than the minimum side of {min_side} px")
-                if getattr(img, "n_frames", 1) > 1:
-                    img.seek(0)
-                if draft_max_side is not None and img.format == "JPEG":
-                    scale = max(w, h) / draft_max_side
-                    if scale >= 2:
-                        img.draft("RGB", (math.ceil(w / scale), math.ceil(h / scale)))
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                return pil_to_tensor(img)
+        with Image.open(p) as img:
+            w, h = img.size
+            if w * h > max_pixels:
+                raise ImageLoadError(
+                    p, f"image is {w}x{h} = {w * h} pixels, over the limit of {max_pixels} (decompression-bomb guard)"
+                )
+            if min(w, h) < min_side:
+                raise ImageLoadError(p, f"image is {w}x{h}, smaller than the minimum side of {min_side} px")
+            if getattr(img, "n_frames", 1) > 1:
+                img.seek(0)
+            if draft_max_side is not None and img.format == "JPEG":
+                scale = max(w, h) / draft_max_side
+                if scale >= 2:
+                    img.draft("RGB", (math.ceil(w / scale), math.ceil(h / scale)))
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return pil_to_tensor(img)
     except ImageLoadError:
         raise
     except PermissionError:

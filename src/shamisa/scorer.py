@@ -87,7 +87,9 @@ DEFAULT_MAX_SIDE = 2048
 MAX_PIXELS_NON_JPEG = 64_000_000
 """Non-JPEG images over this many pixels are refused before decoding (JPEGs are decoded reduced)."""
 MAX_PIXELS_JPEG = 2 * 89_478_485
-DEFAULT_BATCH_SIZE = 8
+DEFAULT_BATCH_SIZE_CPU = 1
+"""Images per forward pass on the CPU (10 crops): measured fastest on a 2-core machine (bench/score_throughput.py)."""
+DEFAULT_BATCH_SIZE_CUDA = 16
 MAX_ASPECT = 50
 """Images more elongated than this (longer / shorter side) are refused: enlarging them is unbounded."""
 
@@ -453,8 +455,9 @@ def _peek(path: str | os.PathLike[str]) -> tuple[str | None, tuple[int, int] | N
 def load_image_for_scoring(path: str | os.PathLike[str], max_side: int = DEFAULT_MAX_SIDE) -> torch.Tensor:
     """Decode an image file with the scorer's memory bounds; returns (3, H, W) before any downscale.
 
-    JPEGs are decoded at reduced DCT size when larger than ``max_side`` (and refused over
-    ``MAX_PIXELS_JPEG`` pixels); other formats are refused over ``MAX_PIXELS_NON_JPEG`` pixels.
+    JPEGs are decoded at reduced DCT size when larger than ``max_side`` (and refused over Pillow's
+    decompression-bomb limit, 89.5 MP, which ``shamisa.images.load_image`` turns into an error); other
+    formats are refused over ``MAX_PIXELS_NON_JPEG`` pixels.
     """
     from shamisa.images import load_image
 
@@ -668,6 +671,10 @@ class QualityModel(nn.Module):
         super().train(False)
         return self
 
+    def default_batch_size(self) -> int:
+        """Images per forward pass when not given: 1 on the CPU, 16 on CUDA."""
+        return DEFAULT_BATCH_SIZE_CUDA if self.device.type == "cuda" else DEFAULT_BATCH_SIZE_CPU
+
     # -- core tensor path
     def features(self, crops: torch.Tensor) -> torch.Tensor:
         """(B, 10, 3, c, c) crops -> (B, 5, 2D) protocol features (full-scale h_k || half-scale h_k)."""
@@ -710,7 +717,7 @@ class QualityModel(nn.Module):
         x: Any,
         *,
         return_raw: bool = False,
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_size: int | None = None,
         workers: int | None = None,
     ) -> Any:
         """Score one or many images.
@@ -719,7 +726,7 @@ class QualityModel(nn.Module):
             x: a path (str / PathLike), a list of paths, a PIL image, a numpy array (H, W, 3) uint8 or
                 float in [0, 1], a tensor (3, H, W) or (N, 3, H, W) in [0, 1], or a list of any of these.
             return_raw: return a :class:`ScoreResult` with ``.score`` and ``.raw`` (training-label scale).
-            batch_size: images per encoder batch (each image is 10 crops).
+            batch_size: images per encoder batch (each image is 10 crops); default 1 on the CPU, 16 on CUDA.
             workers: decoding threads for paths (default: up to 4).
 
         Returns:
@@ -729,6 +736,7 @@ class QualityModel(nn.Module):
             ImageLoadError: a path cannot be decoded (use :meth:`score_paths` to collect errors instead).
             ValueError / TypeError: an array or tensor of the wrong shape, type or range.
         """
+        batch_size = self.default_batch_size() if batch_size is None else batch_size
         single, items = _normalise_inputs(x)
         raws = np.empty(len(items), dtype=np.float64)
         paths_idx = [i for i, it in enumerate(items) if isinstance(it, (str, os.PathLike))]
@@ -757,7 +765,7 @@ class QualityModel(nn.Module):
         self,
         paths: Iterable[str | os.PathLike[str]],
         *,
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_size: int | None = None,
         workers: int | None = None,
         raise_errors: bool = False,
     ) -> Iterator[ScoreRecord]:
@@ -766,6 +774,8 @@ class QualityModel(nn.Module):
         Decoding and cropping run in a thread pool while the encoder works on the previous batch; at
         most about ``batch_size + 2 * workers`` decoded images are held in memory. A file that cannot
         be read gives a record with ``error`` set (or raises ImageLoadError if ``raise_errors``).
+        ``batch_size`` defaults to 1 image on the CPU (fastest there, see bench/results) and 16 on CUDA;
+        ``workers`` (decoding threads) to min(4, CPU count).
         """
         return _score_stream(self, paths, batch_size=batch_size, workers=workers, raise_errors=raise_errors)
 
@@ -820,11 +830,11 @@ def _score_stream(
     model: QualityModel,
     paths: Iterable[Any],
     *,
-    batch_size: int,
+    batch_size: int | None,
     workers: int | None,
     raise_errors: bool,
 ) -> Iterator[ScoreRecord]:
-    batch_size = max(1, int(batch_size))
+    batch_size = max(1, int(model.default_batch_size() if batch_size is None else batch_size))
     n_workers = max(1, int(workers if workers is not None else min(4, os.cpu_count() or 1)))
     crop, max_side = model.crop, model.max_side
     path_iter = iter(paths)
@@ -850,6 +860,9 @@ def _score_stream(
             for (p, prep), s, r in zip(batch, scores, raw, strict=True)
         ]
 
+    # Build the optimised encoder before any decoding thread starts: tracing silences its warnings with
+    # warnings.catch_warnings(), which is not thread-safe against other threads doing the same.
+    model._inference_encoder(torch.zeros(1, 3, crop, crop, device=model.device))
     pool = ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="shamisa-decode")
     try:
         submit_more(pool)

@@ -455,10 +455,13 @@ def plot_loss_curve(metrics_path: Path, png_path: Path) -> None:
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
+    ax.set_title("pretraining loss (mean per log window)")
     ax2 = ax.twinx()
     ax2.plot(steps, [r["lr"] for r in rows], color="tab:orange", alpha=0.6, label="lr")
     ax2.set_ylabel("learning rate")
-    fig.legend(loc="upper right")
+    ax2.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    ax.legend(handles, [h.get_label() for h in handles], loc="best")
     fig.tight_layout()
     with atomic_path(png_path) as tmp:
         fig.savefig(tmp, format="png")

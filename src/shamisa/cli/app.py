@@ -7,6 +7,7 @@ succeeded; expected errors (:class:`shamisa.errors.ShamisaError`) print one line
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -30,6 +31,7 @@ app = typer.Typer(
 )
 
 EXIT_USER_ERROR = 2
+EXIT_UNEXPECTED = 3
 
 
 def _version_callback(value: bool) -> None:
@@ -61,3 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as e:  # an unexpected failure: one line, the traceback only on request
+        if os.environ.get("SHAMISA_DEBUG"):
+            raise
+        print(f"error: unexpected {type(e).__name__}: {e} (set SHAMISA_DEBUG=1 for the traceback)", file=sys.stderr)
+        sys.exit(EXIT_UNEXPECTED)

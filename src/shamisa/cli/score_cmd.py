@@ -248,7 +248,10 @@ def score_command(
     ),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Also score images in sub-folders."),
     model: str = typer.Option("default", "--model", "-m", help="A bundled model name or a model file."),
-    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Images per encoder batch (10 crops each)."),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", "-b", min=1, show_default=False,
+        help="Images per encoder batch (10 crops each). Default: 1 on the CPU (fastest there), 16 on CUDA.",
+    ),
     device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto."),
     fmt: OutputFormat | None = typer.Option(
         None, "--format", "-f", help="Output format. Default: from the -o suffix, else table on a terminal, csv otherwise.",
@@ -292,7 +295,7 @@ def _run_score(
     paths: list[str],
     recursive: bool,
     model_name: str,
-    batch_size: int,
+    batch_size: int | None,
     device: str,
     fmt: OutputFormat | None,
     output: Path | None,
@@ -301,8 +304,14 @@ def _run_score(
     max_side: int,
     quiet: bool,
 ) -> int:
+    import warnings
+
     from shamisa.scorer import load
 
+    # Pillow warns about oddities of files it can still decode (corrupt EXIF, short TIFF reads); the
+    # per-item result is what counts, so these stay off stderr (set once, before any decoding thread).
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+    warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")  # reported per item
     out_fmt = _infer_format(fmt, output)
     if output is not None and output.is_dir():
         raise _user_error(f"{output}: is a folder; -o needs a file name")

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from shamisa.distortions.levels import DISTORTION_NAMES
+from shamisa.distortions.memory import keep_heap
 from shamisa.distortions.registry import apply_distortion
 from shamisa.distortions.sampler import Compositions
 from shamisa.images import half_scale
@@ -120,9 +121,14 @@ def build_structured_batch(
 
     Returns:
         :class:`StructuredBatch` with ``dist`` (2R, F, L, 3, P, P) on the device of ``full``.
+
+    On the CPU the first call also applies :func:`shamisa.distortions.memory.keep_heap` to the process (glibc
+    allocator thresholds; set ``SHAMISA_KEEP_HEAP=0`` to leave the allocator alone).
     """
     if full.shape != half.shape or full.ndim != 4 or full.shape[1] != 3:
         raise ValueError(f"full and half must both be (R, 3, P, P), got {tuple(full.shape)} and {tuple(half.shape)}")
+    if full.device.type == "cpu":
+        keep_heap()
     views = torch.cat([full, half], 0)
     v, c, h, w = views.shape
     n_f, n_l = comps.n_comps, comps.n_levels

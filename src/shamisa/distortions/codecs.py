@@ -60,11 +60,17 @@ def _map_batch(x: torch.Tensor, params: list[float], codec: Callable[[np.ndarray
     return y.to(device=x.device, dtype=x.dtype)
 
 
+def _decode_rgb(data: bytes) -> np.ndarray:
+    """Decoded (H, W, 3) uint8 RGB (no conversion copy when the codestream already decodes to RGB)."""
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+
+
 def _jpeg_one(a: np.ndarray, quality: float) -> np.ndarray:
     buf = io.BytesIO()
     Image.fromarray(a).save(buf, format="JPEG", quality=int(min(100, max(1, round(quality)))))
-    with Image.open(io.BytesIO(buf.getvalue())) as im:
-        return np.asarray(im.convert("RGB"))
+    return _decode_rgb(buf.getvalue())
 
 
 def _j2k_one(a: np.ndarray, ratio: float) -> np.ndarray:
@@ -81,8 +87,7 @@ def _j2k_one(a: np.ndarray, ratio: float) -> np.ndarray:
         irreversible=J2K_IRREVERSIBLE,
         mct=1 if J2K_MCT else 0,
     )
-    with Image.open(io.BytesIO(buf.getvalue())) as im:
-        return np.asarray(im.convert("RGB"))
+    return _decode_rgb(buf.getvalue())
 
 
 def jpeg_pillow(x: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:

@@ -111,8 +111,10 @@ def filter_matrix(k: Tensor, n: int) -> Tensor:
     return a
 
 
-#: Longest 1-D kernel applied by shift-and-add; longer ones use banded matrix products.
-SEP_DIRECT_MAX_K = 11
+#: Longest 1-D kernel applied by shift-and-add; longer ones use banded matrix products. On one CPU core
+#: (224-px crops, float32) shift-and-add is faster up to about 31 taps; the dense product costs the same for any
+#: length (see bench/results/distortion_engine.md).
+SEP_DIRECT_MAX_K = 25
 
 
 def _sep_direct(x: Tensor, k: Tensor) -> Tensor:
@@ -359,12 +361,13 @@ def _lab_to_rgb(lab: Tensor) -> Tensor:
 
 def _quantize_down(x: Tensor) -> Tensor:
     """8-bit truncation (``trunc(255 x) / 255``), as the reference applies after Lab round trips."""
-    return torch.trunc(x.clamp(0, 1) * 255.0) / 255.0
+    return x.clamp(0, 1).mul_(255.0).trunc_().div_(255.0)
 
 
 def parabola_curve(x: Tensor, mid: Tensor) -> Tensor:
     """Tone curve through (0, 0), (0.5, mid), (1, 1) (MATLAB ``spline`` on 3 points is this parabola), clamped."""
-    return (x + (4 * mid - 2) * x * (1 - x)).clamp(0, 1)
+    y = x.mul(4 * mid - 2)
+    return y.mul_(1 - x).add_(x).clamp_(0, 1)
 
 
 #: Interior knots of the linear-contrast tone curve (the reference uses 0.3 / 0.7, which makes amount 0 a
@@ -385,21 +388,25 @@ def _contrast_spline_coefs(amount: float) -> tuple[tuple[float, ...], ...]:
 def contrast_curve(x: Tensor, amount: Tensor) -> Tensor:
     """Tone curve: not-a-knot cubic spline through (0,0), (0.25, 0.25 - a/4), (0.5, 0.5), (0.75, 0.75 + a/4), (1,1).
 
+    With three interior knots the not-a-knot conditions make the first two and the last two pieces one cubic
+    each, so the spline is ``P(x) + d max(x - k, 0)^3`` with ``P`` the first piece, ``k`` the middle knot and
+    ``d`` the jump of the cubic coefficient there (0 up to rounding for the symmetric knots used here, where the
+    curve is the single cubic ``x - (16 a / 3) x (x - 1/2) (x - 1)``). Evaluated elementwise, without a
+    per-pixel segment search.
+
     Args:
         x: (B, C, H, W).
         amount: (B,) curve amounts (positive = more contrast).
     """
-    b = x.shape[0]
     coefs = torch.tensor([_contrast_spline_coefs(float(a)) for a in amount.tolist()], dtype=torch.float64)  # (B,4,4)
-    coefs = coefs.to(device=x.device, dtype=x.dtype)
-    knots = torch.tensor(CONTRAST_KNOTS, device=x.device, dtype=x.dtype)
-    seg = torch.bucketize(x.contiguous(), knots, right=True).view(b, -1)
-    left = torch.tensor((0.0, *CONTRAST_KNOTS), device=x.device, dtype=x.dtype)[seg]
-    dx = x.reshape(b, -1) - left
-    y = torch.gather(coefs[:, :, 0], 1, seg)
-    for j in range(1, 4):
-        y = y * dx + torch.gather(coefs[:, :, j], 1, seg)
-    return y.view_as(x).clamp(0, 1)
+    c = coefs[:, 0]  # first piece, local coordinate x - 0: c3, c2, c1, c0
+    jump = coefs[:, 2, 0] - coefs[:, 0, 0]
+    y = torch.addcmul(_col(c[:, 1], x), x, _col(c[:, 0], x))
+    y.mul_(x).add_(_col(c[:, 2], x)).mul_(x).add_(_col(c[:, 3], x))
+    if bool((jump.abs() > 1e-12).any()):
+        t = (x - CONTRAST_KNOTS[1]).clamp_min_(0.0)
+        y.addcmul_(t.mul(t).mul_(t), _col(jump, x))
+    return y.clamp_(0, 1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -433,8 +440,8 @@ def colordiff(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
     """Colour diffusion: Lab chroma (a, b) blurred with sigma ``1.5 v + 2`` and scaled by ``v``."""
     lab = _rgb_to_lab(x)
     sigma = 1.5 * v.detach().double().cpu() + 2.0
-    ab = sep_filter(lab[:, 1:3], gaussian_kernels(sigma)) * _col(v, x)
-    return _quantize_down(_lab_to_rgb(torch.cat([lab[:, :1], ab], 1)))
+    lab[:, 1:3] = sep_filter(lab[:, 1:3], gaussian_kernels(sigma)).mul_(_col(v, x))
+    return _quantize_down(_lab_to_rgb(lab))
 
 
 def _percentile_lower(e: Tensor, q: float) -> Tensor:
@@ -468,8 +475,7 @@ def colorshift(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
     rows = (torch.arange(h, device=x.device)[None] - shift[:, 1:2]).clamp(0, h - 1)
     cols = (torch.arange(w, device=x.device)[None] - shift[:, 0:1]).clamp(0, w - 1)
     g = x[:, 1]
-    bi = torch.arange(b, device=x.device)[:, None, None]
-    shifted = g[bi, rows[:, :, None], cols[:, None, :]]
+    shifted = g.gather(1, rows[:, :, None].expand(b, h, w)).gather(2, cols[:, None, :].expand(b, h, w))
     out = x.clone()
     out[:, 1] = shifted * e[:, 0] + g * (1 - e[:, 0])
     return out
@@ -488,7 +494,7 @@ def colorsat1(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
 def colorsat2(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
     """Lab chroma (a, b) multiplied by ``v``."""
     lab = _rgb_to_lab(x)
-    lab = torch.cat([lab[:, :1], lab[:, 1:3] * _col(v, x)], 1)
+    lab[:, 1:3] *= _col(v, x)
     return _quantize_down(_lab_to_rgb(lab))
 
 
@@ -550,8 +556,8 @@ def brighten(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
     """Brighten: tone curve through (0.5, 0.5 + v/2) on RGB, averaged 2:1 with the same curve on Lab L*."""
     mid = _col(0.5 + v / 2, x)
     lab = _rgb_to_lab(x)
-    lab = torch.cat([parabola_curve(lab[:, :1] / 100.0, mid) * 100.0, lab[:, 1:]], 1)
-    return (2 * parabola_curve(x, mid) + _lab_to_rgb(lab)) / 3
+    lab[:, :1] = parabola_curve(lab[:, :1] / 100.0, mid).mul_(100.0)
+    return parabola_curve(x, mid).mul_(2).add_(_lab_to_rgb(lab)).div_(3)
 
 
 def darken(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
@@ -696,9 +702,9 @@ def highsharpen(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
     lab = _rgb_to_lab(x)
     lum = lab[:, :1]
     k = gaussian_kernels(torch.full((1,), SHARPEN_SIGMA), torch.full((1,), SHARPEN_HALF)).expand(b, -1)
-    blurred = sep_filter(lum, k)
-    lum = lum + _col(v, x) * (lum - blurred)
-    return _lab_to_rgb(torch.cat([lum, lab[:, 1:]], 1))
+    detail = torch.sub(lum, sep_filter(lum, k)).mul_(_col(v, x))
+    lab[:, :1] = detail.add_(lum)
+    return _lab_to_rgb(lab)
 
 
 def lincontrchangeneg(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:

@@ -177,5 +177,8 @@ def apply_distortion(
     out = torch.empty_like(x)
     for i in range(0, b, chunk):
         yc = spec.fn(xf[i : i + chunk], v[i : i + chunk], seeds[i : i + chunk])
-        out[i : i + chunk] = yc.clamp(0.0, 1.0)
+        if yc.dtype == out.dtype:
+            torch.clamp(yc, 0.0, 1.0, out=out[i : i + chunk])
+        else:
+            out[i : i + chunk] = yc.clamp(0.0, 1.0)
     return out
