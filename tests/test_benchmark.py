@@ -111,6 +111,17 @@ def test_merge_takes_rows_from_earlier_files(tmp_path: Path) -> None:
     assert [r.key for r in rows] == ["imagenet", "brisque", "shamisa"]
     assert rows[0].srcc == [0.4, 0.6] and rows[2].srcc_median == pytest.approx(0.75)
     assert rows[2].details["merged_from"].endswith("b/benchmark.json")
+    assert "taken from" in (tmp_path / "c" / "benchmark.md").read_text()
+    # an explicitly given input (here LML results) wins over a merged row
+    write_outputs([_fake("lml", [0.1], [0.1])], BenchmarkConfig(root="x", methods=("lml",), out=str(tmp_path / "d"),
+                                                                 chart=str(tmp_path / "d.png")))
+    res = tmp_path / "result.json"
+    res.write_text(json.dumps({"split": 0, "test_srcc": 0.6, "test_plcc": 0.65, "train_seconds": 60.0, "steps": 9,
+                               "epochs_done": 0.5, "config": {"max_minutes": 1.0, "crop": 64, "saliency": "spectral"}}))
+    cfg2 = BenchmarkConfig(root="x", methods=("lml",), out=str(tmp_path / "e"), chart=str(tmp_path / "e.png"),
+                           merge=(str(tmp_path / "d" / "benchmark.json"),), lml_results=(str(res),))
+    rows2, _ = run_benchmark(cfg2, log=lambda m: None, dataset=object(), splits=_Splits(10))
+    assert rows2[0].srcc == [0.6] and "1 of the 10 splits" in rows2[0].note
     with pytest.raises(ConfigError):
         run_benchmark(BenchmarkConfig(root="x", merge=(str(tmp_path / "nope.json"),)), dataset=object(),
                       splits=_Splits(2), log=lambda m: None)

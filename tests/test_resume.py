@@ -57,7 +57,6 @@ def test_resume_in_process_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     assert _logged_steps(tmp_path / "run") == [1, 2, 3, 4]
 
 
-@pytest.mark.slow
 def test_sigkill_then_rerun_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     data = make_images(tmp_path / "data", n=6)
     env = dict(os.environ, PYTHONUNBUFFERED="1")

@@ -170,6 +170,14 @@ def test_a_registered_loss_plugs_in(tmp_path, monkeypatch) -> None:
     assert row["norm"] == pytest.approx(row["loss"])
 
 
+def test_arniqa_method_trains_with_the_contrastive_loss(tmp_path) -> None:
+    from shamisa import train
+
+    run = train.pretrain(tiny_cfg(tmp_path, "run", "method=arniqa", "max_steps=1"))
+    row = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert "nt_xent" in row and math.isfinite(row["loss"]) and row["loss"] > 0
+
+
 def test_unregistered_method_is_a_config_error(tmp_path, monkeypatch) -> None:
     from shamisa import train
 

@@ -29,7 +29,6 @@ from test_train import make_images
 COMMON = ["--preset", "tiny", "--max-steps", "1", "--set", "bn_mode=frozen", "--set", "lr=0.05"]
 
 
-@pytest.mark.slow
 def test_two_gloo_processes_match_one_process_with_the_doubled_batch(tmp_path: Path) -> None:
     data = make_images(tmp_path / "data", n=6)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")

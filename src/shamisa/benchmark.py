@@ -269,9 +269,11 @@ def bar_chart(results: Sequence[MethodResult], path: str | Path, *, title: str =
         ax.bar(x + off, vals, width, label=metric.upper() + " (median over splits)", color=color,
                yerr=np.vstack([vals - lo, hi - vals]), capsize=3, error_kw={"elinewidth": 0.8})
         for xi, v in zip(x + off, vals, strict=True):
-            ax.text(xi, v + 0.01, f"{v:.3f}", ha="center", va="bottom", fontsize=7)
+            ax.text(xi, 0.02, f"{v:.3f}", ha="center", va="bottom", fontsize=7, color="white", rotation=90)
+    n_max = max(len(r.srcc) for r in ok)
     ax.set_xticks(x)
-    ax.set_xticklabels([r.label.replace(" + ", "\n+ ") for r in ok], fontsize=7)
+    ax.set_xticklabels([r.label.replace(" + ", "\n+ ") + (f"\n({len(r.srcc)} of {n_max} splits)" if len(r.srcc) < n_max
+                        else "") for r in ok], fontsize=7)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("correlation with MOS (test split)")
     ax.grid(axis="y", alpha=0.3)
@@ -319,6 +321,8 @@ def write_outputs(
         markdown_table(results),
     ]
     notes = [f"- {r.label}: {r.note}" for r in results if r.note]
+    notes += [f"- {r.label}: row computed by an earlier run, taken from `{r.details['merged_from']}`"
+              for r in results if r.details.get("merged_from")]
     if notes:
         md += ["Notes:", "", *notes, ""]
     atomic_write_text(paths["md"], "\n".join(md))
@@ -434,6 +438,18 @@ def _run_time(run: Path) -> dict[str, Any]:
     return {} if elapsed is None else {"train_seconds": elapsed}
 
 
+def pretrain_note(run: str | Path) -> str:
+    """How far a pretraining run got, from its own checkpoint record (``""`` when unknown)."""
+    rec = Path(run) / "ckpt" / "last.json"
+    try:
+        d = json.loads(rec.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return ""
+    step = d.get("step")
+    total = d.get("total_steps")
+    return f"{step} optimizer steps" + (f" of {total} planned" if total else "") + " within the budget"
+
+
 def _pretrain(ctx: _Context, method: str, name: str, loss_overrides: dict[str, Any] | None = None) -> tuple[Path, float]:
     from shamisa.configs import apply_overrides, preset
 
@@ -487,6 +503,7 @@ def _run_pretrained(ctx: _Context, method: str, weights: str | None) -> MethodRe
     enc, _ = encoder_from_run(run)
     r = _probe_encoder(ctx, enc, method, LABELS[method], source=f"trained: {run}", budget_minutes=ctx.cfg.budget_minutes)
     r.train_seconds = round(seconds, 1)
+    r.note = pretrain_note(run)
     return r
 
 
@@ -524,6 +541,7 @@ def run_lml(ctx: _Context) -> MethodResult:
         payloads = [json.loads(Path(p).read_text()) for p in ctx.cfg.lml_results]
         r = lml_result_rows(payloads, source="reused: " + ", ".join(ctx.cfg.lml_results))
         r.budget_minutes = sum(float(p["config"].get("max_minutes") or 0) for p in payloads) or None
+        r.note = _lml_note(payloads, ctx.cfg.n_splits)
         return r
     per_split = ctx.cfg.budget_minutes / ctx.cfg.lml_splits
     payloads = []
@@ -537,10 +555,18 @@ def run_lml(ctx: _Context) -> MethodResult:
         payloads.append(finetune(fcfg, dataset=ctx.ds).to_dict())
     r = lml_result_rows(payloads, source="trained")
     r.budget_minutes = ctx.cfg.budget_minutes
-    if ctx.cfg.lml_splits < ctx.cfg.n_splits:
-        r.note = (f"fine-tuned on {ctx.cfg.lml_splits} of the {ctx.cfg.n_splits} splits "
-                  f"({per_split:g} min each); compare with the other rows' split-0 columns")
+    r.note = _lml_note(payloads, ctx.cfg.n_splits)
     return r
+
+
+def _lml_note(payloads: Sequence[dict[str, Any]], n_splits: int) -> str:
+    steps = ", ".join(f"{p.get('steps')} steps / {float(p.get('epochs_done') or 0):.2f} epochs" for p in payloads)
+    c = payloads[0].get("config", {}) if payloads else {}
+    note = (f"fine-tuned end to end (crop {c.get('crop')}, saliency {c.get('saliency')}): {steps}; "
+            "a different protocol from the frozen-encoder probe")
+    if len(payloads) < n_splits:
+        note += f"; {len(payloads)} of the {n_splits} splits, compare with the split-0 columns"
+    return note
 
 
 RUNNERS: dict[str, Callable[[_Context], MethodResult]] = {
@@ -558,6 +584,7 @@ def run_ablation(ctx: _Context, name: str) -> MethodResult:
     r = _probe_encoder(ctx, enc, f"ablation:{name}", ABLATION_LABELS[name], source=f"trained: {run}",
                        budget_minutes=ctx.cfg.budget_minutes)
     r.train_seconds = round(seconds, 1)
+    r.note = pretrain_note(run)
     r.details["loss_overrides"] = ABLATIONS[name]
     return r
 
@@ -606,12 +633,18 @@ def run_benchmark(
     if cfg.ablations:
         jobs += [(f"ablation:{a}", ABLATION_LABELS[a], (lambda a=a: run_ablation(ctx, a))) for a in ABLATIONS]
     merged = load_rows(cfg.merge) if cfg.merge else {}
+    # inputs given explicitly win over merged rows
+    explicit = {"lml": bool(cfg.lml_results), "arniqa": bool(cfg.arniqa_weights), "shamisa": bool(cfg.shamisa_weights)}
+    merged = {k: v for k, v in merged.items() if not explicit.get(k, False)}
     results: list[MethodResult] = []
     paths: dict[str, Path] = {}
     for key, label, job in jobs:
         if key in merged:
-            log(f"== {label}: row taken from {merged[key].details['merged_from']}")
-            results.append(merged[key])
+            row = merged[key]
+            log(f"== {label}: row taken from {row.details['merged_from']}")
+            if not row.note and row.source.startswith("trained: "):
+                row.note = pretrain_note(row.source.removeprefix("trained: "))
+            results.append(row)
             continue
         log(f"== {label}")
         t0 = time.perf_counter()

@@ -85,7 +85,14 @@ def _build_shamisa_loss(cfg: PretrainConfig, rep_dim: int, emb_dim: int) -> nn.M
     return ShamisaObjective(cfg.loss, rep_dim=rep_dim, emb_dim=emb_dim)
 
 
+def _build_arniqa_loss(cfg: PretrainConfig, rep_dim: int, emb_dim: int) -> nn.Module:
+    from shamisa.arniqa_objective import build_arniqa_loss
+
+    return build_arniqa_loss(cfg, rep_dim, emb_dim)
+
+
 register_loss("shamisa", _build_shamisa_loss)
+register_loss("arniqa", _build_arniqa_loss)
 
 
 def build_loss(cfg: PretrainConfig, rep_dim: int, emb_dim: int) -> nn.Module:
