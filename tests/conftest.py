@@ -1,4 +1,4 @@
-"""Shared fixtures. Tests never read ../shared: images are generated here or committed under tests/fixtures."""
+"""Shared fixtures. Tests read no data outside the repository: images are generated here or committed under tests/fixtures."""
 
 from __future__ import annotations
 
