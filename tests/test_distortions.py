@@ -33,15 +33,6 @@ from conftest import natural_like_image
 H, W = 48, 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Small tensors: one intra-op thread is faster, and much faster on a shared, oversubscribed CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def batch() -> torch.Tensor:
     return torch.stack([natural_like_image(H, W, seed=s) for s in range(3)])

@@ -204,14 +204,6 @@ def run_cli(paths: list[Path], model: Path, *extra: str):
 # ------------------------------------------------------------------------------------------ tests
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory) -> Path:
     return _tiny_model(tmp_path_factory.mktemp("model") / "tiny.safetensors")
@@ -376,7 +368,10 @@ def test_fuzz_sizes_and_modes(tmp_path, h, w, mode):
     assert (prep is None) == (too_small or too_long)
     _check_prepared(prep)
     if prep is not None:
-        assert ("enlarged" in prep.flags) == (min(h, w) < CROP)
+        scale = min(1.0, 256 / max(h, w))  # _prepare downscales to a longer side of 256 first
+        short = min(max(1, round(h * scale)), max(1, round(w * scale)))
+        assert ("enlarged" in prep.flags) == (short < CROP)
+        assert ("downscaled" in prep.flags) == (max(h, w) > 256)
 
 
 @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -39,15 +39,6 @@ def make_tiny_model(path: Path, *, mos_type: str = "mos", score_range=(0.0, 100.
     return path, enc, head
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on a small shared CPU, more threads only oversubscribe it."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> tuple[Path, torch.nn.Module, RidgeHead]:
     return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny.safetensors")
