@@ -4,9 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import os
+
 import numpy as np
 import pytest
 import torch
+from hypothesis import settings
+
+# Property tests draw from a fixed seed by default, so a run on CI is reproducible; run
+# `HYPOTHESIS_PROFILE=explore pytest` to draw fresh random cases (and many more of them).
+settings.register_profile("default", derandomize=True)
+settings.register_profile("explore", derandomize=False, max_examples=200)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
