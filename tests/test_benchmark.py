@@ -212,3 +212,22 @@ def test_cli_rejects_unknown_method(tmp_path: Path) -> None:
                                       "--out", str(tmp_path / "o")])
     assert result.exit_code != 0
     assert isinstance(result.exception, ConfigError)
+
+
+def test_ablation_subset_runs_only_the_named_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shamisa.benchmark as bm
+
+    ran: list[str] = []
+
+    def fake_ablation(ctx: object, name: str) -> MethodResult:
+        ran.append(name)
+        return _fake(f"ablation:{name}", [0.5], [0.5])
+
+    monkeypatch.setattr(bm, "run_ablation", fake_ablation)
+    cfg = BenchmarkConfig(root="x", methods=(), ablation_names=("binary_relations", "no_transport"),
+                          out=str(tmp_path), chart=str(tmp_path / "c.png"))
+    rows, _ = run_benchmark(cfg, log=lambda m: None, dataset=object(), splits=_Splits(1))
+    assert ran == ["no_transport", "binary_relations"]  # table order of ABLATIONS
+    assert [r.key for r in rows] == ["ablation:no_transport", "ablation:binary_relations"]
+    with pytest.raises(ConfigError, match="unknown ablation"):
+        BenchmarkConfig(root="x", ablation_names=("no_knn",))

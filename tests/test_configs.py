@@ -73,7 +73,8 @@ def test_overrides_parse_by_type() -> None:
 @pytest.mark.parametrize(
     "override",
     ["nope=1", "lr", "epochs=1.5", "epochs=abc", "channels_last=maybe", "loss.nope=1", "lr.x=1", "items_per_step=0",
-     "method=simclr", "amp=int8", "eta_min=1", "synth_on_device=true"],
+     "method=simclr", "amp=int8", "eta_min=1", "synth_on_device=true", "projector_input=huge",
+     "loss.pair_metric=l1"],
 )
 def test_bad_overrides_raise_config_error(override: str) -> None:
     base = apply_overrides(preset("tiny"), ["num_workers=1"]) if override.startswith("synth") else preset("tiny")

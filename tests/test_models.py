@@ -588,6 +588,17 @@ def test_projector_dims_and_structure():
     assert p(torch.randn(5, 1280)).shape == (5, 480)
 
 
+def test_projector_input_scale_multiplies_h_before_the_first_layer():
+    torch.manual_seed(0)
+    plain = Projector(16, 24, 6)
+    scaled = Projector(16, 24, 6, input_scale=4.0)
+    scaled.load_state_dict(plain.state_dict())
+    h = torch.nn.functional.normalize(torch.randn(7, 16), dim=1)
+    assert torch.allclose(scaled(h), plain(4.0 * h), atol=1e-6)
+    with pytest.raises(ValueError, match="input_scale"):
+        Projector(16, 24, 6, input_scale=0.0)
+
+
 def test_safetensors_whose_header_looks_like_a_pickle(tmp_path):
     """A header length whose first byte is 0x80 (the pickle opcode) must still be read as safetensors."""
     sd = {"conv1.weight": torch.randn(4, 3, 3, 3), "bn1.running_var": torch.rand(4)}

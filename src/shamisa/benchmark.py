@@ -74,6 +74,8 @@ class BenchmarkConfig:
         methods: methods to run, in table order.
         budget_minutes: training wall-time budget of every trained method (pretraining / fine-tuning).
         ablations: also run the SHAMISA ablations (each with the same budget).
+        ablation_names: run only these ablations (default: all of :data:`ABLATIONS`); naming any
+            implies ``ablations``.
         encoder: encoder family of every learned method.
         crop: crop side of the linear probe (224 = the protocol).
         n_splits: number of random splits (seed 27).
@@ -100,6 +102,7 @@ class BenchmarkConfig:
     methods: tuple[str, ...] = METHODS
     budget_minutes: float = 10.0
     ablations: bool = False
+    ablation_names: tuple[str, ...] = ()
     encoder: str = "efficientnet_lite0"
     crop: int = 224
     n_splits: int = 10
@@ -125,7 +128,10 @@ class BenchmarkConfig:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise ConfigError(f"unknown benchmark method(s) {', '.join(unknown)} (choose from {', '.join(METHODS)})")
-        if not self.methods and not self.ablations:
+        bad = [a for a in self.ablation_names if a not in ABLATIONS]
+        if bad:
+            raise ConfigError(f"unknown ablation(s) {', '.join(bad)} (choose from {', '.join(ABLATIONS)})")
+        if not self.methods and not self.ablations and not self.ablation_names:
             raise ConfigError("nothing to run: give at least one method or --ablations")
         if self.budget_minutes <= 0:
             raise ConfigError(f"budget_minutes must be > 0, got {self.budget_minutes}")
@@ -630,8 +636,9 @@ def run_benchmark(
     jobs: list[tuple[str, str, Callable[[], MethodResult]]] = [
         (m, LABELS[m], (lambda m=m: table[m](ctx))) for m in cfg.methods
     ]
-    if cfg.ablations:
-        jobs += [(f"ablation:{a}", ABLATION_LABELS[a], (lambda a=a: run_ablation(ctx, a))) for a in ABLATIONS]
+    if cfg.ablations or cfg.ablation_names:
+        names = [a for a in ABLATIONS if not cfg.ablation_names or a in cfg.ablation_names]
+        jobs += [(f"ablation:{a}", ABLATION_LABELS[a], (lambda a=a: run_ablation(ctx, a))) for a in names]
     merged = load_rows(cfg.merge) if cfg.merge else {}
     # inputs given explicitly win over merged rows
     explicit = {"lml": bool(cfg.lml_results), "arniqa": bool(cfg.arniqa_weights), "shamisa": bool(cfg.shamisa_weights)}

@@ -43,6 +43,7 @@ builder is not registered yet fails with a ConfigError when training starts."""
 
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 BN_MODES = ("train", "frozen")
+PROJECTOR_INPUTS = ("unit", "sqrt_dim")
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class PretrainConfig:
     pretrained: bool = False
     weights: str | None = None
     bn_mode: str = "train"
+    projector_input: str = "unit"
     # data
     data_dirs: tuple[str, ...] = ()
     exclude_dirs: tuple[str, ...] = ()
@@ -124,6 +126,10 @@ def validate(cfg: PretrainConfig) -> None:
         raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, not {cfg.amp!r}")
     if cfg.bn_mode not in BN_MODES:
         raise ConfigError(f"bn_mode must be one of {', '.join(BN_MODES)}, not {cfg.bn_mode!r}")
+    if cfg.projector_input not in PROJECTOR_INPUTS:
+        raise ConfigError(
+            f"projector_input must be one of {', '.join(PROJECTOR_INPUTS)}, not {cfg.projector_input!r}"
+        )
     positive = {
         "patch_size": cfg.patch_size,
         "n_refs": cfg.n_refs,

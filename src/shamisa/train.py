@@ -218,7 +218,8 @@ def build_model(cfg: PretrainConfig) -> PretrainModel:
 
     encoder = build_encoder(cfg.encoder, pretrained=cfg.pretrained, weights=cfg.weights)
     hidden, out = default_projector_dims(encoder.feature_dim)
-    projector = Projector(encoder.feature_dim, hidden, out)
+    scale = math.sqrt(encoder.feature_dim) if cfg.projector_input == "sqrt_dim" else 1.0
+    projector = Projector(encoder.feature_dim, hidden, out, input_scale=scale)
     loss = build_loss(cfg, encoder.feature_dim, out)
     return PretrainModel(encoder, projector, loss, channels_last=cfg.channels_last)
 

@@ -84,6 +84,20 @@ def test_pair_cost_hand_computed() -> None:
     assert z.grad[0].tolist() == pytest.approx([-1.0 / 6, 0.0])
 
 
+def test_pair_cost_cosine_hand_computed() -> None:
+    z = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 3.0]], requires_grad=True)
+    e = _edges([(0, 1), (0, 2)], [0.5, 2.0])
+    # 1 - cos(z0, z1) = 1 - 1/sqrt(2); 1 - cos(z0, z2) = 1 -> (0.5 (1 - 0.70711) + 2) / N=3
+    expected = (0.5 * (1 - 2**-0.5) + 2.0) / 3
+    assert pair_cost(z, e, metric="cos").item() == pytest.approx(expected, rel=1e-6)
+    assert pair_cost(z, e, binary=True, metric="cos").item() == pytest.approx((2 - 2**-0.5) / 3, rel=1e-6)
+    # scale invariant: shrinking z does not lower it (the Euclidean cost falls by the square)
+    assert pair_cost(0.01 * z, e, metric="cos").item() == pytest.approx(expected, rel=1e-5)
+    assert pair_cost(0.01 * z, e).item() == pytest.approx(1e-4 * pair_cost(z, e).item(), rel=1e-5)
+    with pytest.raises(ValueError, match="pair metric"):
+        pair_cost(z, e, metric="manhattan")
+
+
 def test_pair_cost_empty_graph_keeps_graph() -> None:
     z = torch.randn(3, 2, requires_grad=True)
     empty = EdgeList(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), torch.zeros(0))

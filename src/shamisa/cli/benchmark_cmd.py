@@ -22,6 +22,10 @@ def benchmark_command(
         "imagenet,brisque,arniqa,shamisa,lml", "--methods", help="Comma-separated methods, in table order."
     ),
     ablations: bool = typer.Option(False, "--ablations", help="Also run the SHAMISA loss ablations."),
+    ablation: list[str] = typer.Option(
+        [], "--ablation", help="Run only this ablation (repeatable; implies --ablations): metadata_only, "
+        "features_only, no_transport, binary_relations."
+    ),
     encoder: str = typer.Option("efficientnet_lite0", "--encoder", help="Encoder family of the learned methods."),
     crop: int = typer.Option(224, "--crop", help="Probe crop side (224 = protocol)."),
     n_splits: int = typer.Option(10, "--n-splits", help="Random 70/10/20 splits (seed 27)."),
@@ -60,6 +64,7 @@ def benchmark_command(
         methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
         budget_minutes=budget_minutes,
         ablations=ablations,
+        ablation_names=tuple(ablation),
         encoder=encoder,
         crop=crop,
         n_splits=n_splits,

@@ -119,20 +119,35 @@ def combine_branches(
     return upper_triangle(coalesce(concat_edges(parts), n_nodes))
 
 
-def pair_cost(z: Tensor, edges: EdgeList, binary: bool = False) -> Tensor:
-    """Graph-weighted invariance ``sum_e omega_e ||z_src - z_dst||^2 / (N D)``.
+PAIR_METRICS = ("euc", "cos")
+
+
+def pair_cost(z: Tensor, edges: EdgeList, binary: bool = False, metric: str = "euc") -> Tensor:
+    """Graph-weighted invariance.
+
+    ``metric="euc"`` (the paper): ``sum_e omega_e ||z_src - z_dst||^2 / (N D)``;
+    ``metric="cos"`` (the reference's alternative): ``sum_e omega_e (1 - cos(z_src, z_dst)) / N``,
+    which does not fall when all of z shrinks.
 
     Args:
         z: ``(N, D)`` node embeddings.
         edges: merged edges.
         binary: ignore the weights (every edge counts 1; ablation A1).
+        metric: ``"euc"`` or ``"cos"``.
     """
+    if metric not in PAIR_METRICS:
+        raise ValueError(f"pair metric must be one of {PAIR_METRICS}, not {metric!r}")
     n, d = z.shape
     if edges.n_edges == 0:
         return z.sum() * 0.0
-    sq = (z[edges.src] - z[edges.dst]).pow(2).sum(dim=1)
-    total = sq.sum() if binary else (sq * edges.weight.to(sq.dtype)).sum()
-    return total / (n * d)
+    if metric == "euc":
+        cost = (z[edges.src] - z[edges.dst]).pow(2).sum(dim=1)
+        norm = n * d
+    else:
+        cost = 1.0 - torch.nn.functional.cosine_similarity(z[edges.src], z[edges.dst], dim=1, eps=1e-8)
+        norm = n
+    total = cost.sum() if binary else (cost * edges.weight.to(cost.dtype)).sum()
+    return total / norm
 
 
 def edge_regulariser(edges: EdgeList, rho: float) -> Tensor:

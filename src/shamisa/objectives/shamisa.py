@@ -69,6 +69,7 @@ class ShamisaLossConfig:
     rho: float = 0.03419084992354765
     curve: str = "exponential"
     binary: bool = False
+    pair_metric: str = "euc"
     structural_rule: str = "parity"
     weighting: bool = True
     weighting_stop_grad: bool = True
@@ -77,6 +78,8 @@ class ShamisaLossConfig:
     def __post_init__(self) -> None:
         if self.curve not in CURVES:
             raise ConfigError(f"unknown severity curve {self.curve!r}; choose one of {sorted(CURVES)}")
+        if self.pair_metric not in ("euc", "cos"):
+            raise ConfigError(f"unknown pair metric {self.pair_metric!r}; use 'euc' or 'cos'")
         if self.structural_rule not in ("parity", "all_views"):
             raise ConfigError(f"unknown structural rule {self.structural_rule!r}; use 'parity' or 'all_views'")
         for name, value in asdict(self).items():
@@ -233,7 +236,7 @@ class ShamisaObjective(nn.Module):
                 else:
                     weights.update({b: torch.ones((), device=device) for b in active})
                 merged = combine_branches(scaled, weights, layout.n_nodes, cfg.include_knn_residual)
-                pair = pair_cost(z, merged, binary=cfg.binary)
+                pair = pair_cost(z, merged, binary=cfg.binary, metric=cfg.pair_metric)
                 reg = edge_regulariser(merged, cfg.rho) if cfg.rho != 0.0 else zero
                 rel = relation_loss(pair, align, reg)
                 n_edges = merged.n_edges
