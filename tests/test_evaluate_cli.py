@@ -208,3 +208,18 @@ def test_image_level_features_with_either_regressor(regressor) -> None:
     assert res.median("srcc") > 0.7
     key = "alpha" if regressor == "ridge" else "C"
     assert key in res.per_split[0]
+
+
+def test_cli_malformed_csv_rows_stop_or_are_skipped_with_skip_bad_rows(csv_dataset, tmp_path) -> None:
+    text = csv_dataset.read_text().rstrip("\n").split("\n")
+    text += ["im0.png,not-a-number", "missing-score.png,"]
+    csv_dataset.write_text("\n".join(text) + "\n")
+    runner = CliRunner()
+    base = ["evaluate", str(csv_dataset), "--method", "brisque", "--n-splits", "3", "--no-cache", "--quiet"]
+    r = runner.invoke(app, base + ["--out", str(tmp_path / "a")])
+    assert r.exit_code == 2 and "malformed row" in r.output and "--skip-bad-rows" in r.output
+    assert "Traceback" not in r.output
+    r = runner.invoke(app, base + ["--out", str(tmp_path / "b"), "--skip-bad-rows"])
+    assert r.exit_code == 0, r.output
+    assert "line 32 skipped" in r.output and "line 33 skipped" in r.output
+    assert json.loads((tmp_path / "b" / "results.json").read_text())["n_images"] == 30

@@ -50,7 +50,7 @@ def _parse_ratios(text: str) -> tuple[float, float, float]:
     return parts  # type: ignore[return-value]
 
 
-def _load_dataset(name_or_csv: str, root: Path | None, limit: int | None) -> Any:
+def _load_dataset(name_or_csv: str, root: Path | None, limit: int | None, skip_bad_rows: bool = False) -> Any:
     from shamisa.datasets import load_dataset
     from shamisa.errors import ConfigError
 
@@ -58,7 +58,9 @@ def _load_dataset(name_or_csv: str, root: Path | None, limit: int | None) -> Any
     if p.suffix.lower() in {".csv", ".tsv", ".txt"} or p.is_file():
         from shamisa.datasets.generic import load_csv
 
-        ds = load_csv(p, name=p.stem)
+        ds = load_csv(p, name=p.stem, skip_bad=skip_bad_rows)
+        for row in ds.skipped:
+            _err(f"warning: {p}: line {row.line} skipped: {row.reason}")
     else:
         if root is None:
             raise ConfigError(f"--root is required for the dataset {name_or_csv!r} (the folder of its release)")
@@ -171,6 +173,9 @@ def evaluate(
     workers: int = typer.Option(2, "--workers", help="Image decoding processes."),
     amp: bool = typer.Option(False, "--amp/--no-amp", help="bfloat16 autocast for the encoder (changes features slightly)."),
     limit: int | None = typer.Option(None, "--limit", help="Debug: only the first N images."),
+    skip_bad_rows: bool = typer.Option(
+        False, "--skip-bad-rows", help="CSV labels: leave malformed rows out (each reported) instead of stopping."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Evaluate an encoder with the frozen linear-probe protocol (or BRISQUE) on an IQA dataset."""
@@ -217,7 +222,7 @@ def _run(a: dict[str, Any]) -> None:
     cache = None if a["no_cache"] else (a["cache"] or cache_dir() / "features")
 
     t_start = time.perf_counter()
-    ds = _load_dataset(a["dataset"], a["root"], cfg.limit)
+    ds = _load_dataset(a["dataset"], a["root"], cfg.limit, a["skip_bad_rows"])
     splits = _splits(ds, a["splits_file"], a["arniqa_splits"], cfg.n_splits, cfg.ratios, cfg.seed)
     model_name = "brisque" if method == "brisque" else a["encoder"]
     enc, model_info = (None, {"name": "brisque", "features": 36}) if method == "brisque" else _encoder(a["encoder"], a["weights"], cfg.device)

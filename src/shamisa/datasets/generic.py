@@ -118,7 +118,7 @@ def load_csv(
         shown = "; ".join(f"line {s.line}: {s.reason}" for s in skipped[:MAX_LISTED])
         more = f" (and {len(skipped) - MAX_LISTED} more)" if len(skipped) > MAX_LISTED else ""
         raise DatasetError(
-            f"{csv_path}: {len(skipped)} malformed row(s): {shown}{more} (pass skip_bad=True to skip them)"
+            f"{csv_path}: {len(skipped)} malformed row(s): {shown}{more} (fix them, or leave them out: --skip-bad-rows on the command line, skip_bad=True in Python)"
         )
     if not paths:
         raise DatasetError(f"{csv_path}: no valid rows (expected a header then one row per image)")
