@@ -231,3 +231,18 @@ def test_ablation_subset_runs_only_the_named_ones(tmp_path: Path, monkeypatch: p
     assert [r.key for r in rows] == ["ablation:no_transport", "ablation:binary_relations"]
     with pytest.raises(ConfigError, match="unknown ablation"):
         BenchmarkConfig(root="x", ablation_names=("no_knn",))
+
+
+def test_budget_phrase_and_tick_labels() -> None:
+    from shamisa.benchmark import _tick_label, budget_phrase
+
+    cfg = BenchmarkConfig(root="x", budget_minutes=15)
+    trained = _fake("shamisa", [0.7], [0.7], train_seconds=900.0, budget_minutes=15.0)
+    reused = _fake("arniqa", [0.7], [0.7], train_seconds=1200.0, budget_minutes=None)
+    frozen = _fake("imagenet", [0.7], [0.7])
+    assert budget_phrase([frozen, trained], cfg) == "15 min per trained method"
+    assert budget_phrase([frozen, trained, reused], cfg) == "training time and budget per row"
+    assert budget_phrase([frozen], cfg) == "no trained method"
+    label = _tick_label("SHAMISA, metadata branches only")
+    assert all(len(line) <= 18 for line in label.split("\n")) and label.replace("\n", " ") == "SHAMISA, metadata branches only"
+    assert _tick_label("BRISQUE + SVR") == "BRISQUE\n+ SVR"

@@ -278,7 +278,7 @@ def bar_chart(results: Sequence[MethodResult], path: str | Path, *, title: str =
             ax.text(xi, 0.02, f"{v:.3f}", ha="center", va="bottom", fontsize=7, color="white", rotation=90)
     n_max = max(len(r.srcc) for r in ok)
     ax.set_xticks(x)
-    ax.set_xticklabels([r.label.replace(" + ", "\n+ ") + (f"\n({len(r.srcc)} of {n_max} splits)" if len(r.srcc) < n_max
+    ax.set_xticklabels([_tick_label(r.label) + (f"\n({len(r.srcc)} of {n_max} splits)" if len(r.srcc) < n_max
                         else "") for r in ok], fontsize=7)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("correlation with MOS (test split)")
@@ -292,6 +292,25 @@ def bar_chart(results: Sequence[MethodResult], path: str | Path, *, title: str =
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return dest
+
+
+def _tick_label(label: str, width: int = 18) -> str:
+    """A bar label broken into lines of at most ``width`` characters (``" + "`` starts a new line)."""
+    import textwrap
+
+    parts = label.replace(" + ", "\n+ ").split("\n")
+    return "\n".join(line for part in parts for line in textwrap.wrap(part, width) or [""])
+
+
+def budget_phrase(results: Sequence[MethodResult], cfg: BenchmarkConfig) -> str:
+    """How the trained rows were budgeted: ``cfg.budget_minutes`` when every trained row ran under it,
+    otherwise a pointer to the per-row columns (rows reused or merged from other runs)."""
+    trained = [r for r in results if r.status == "ok" and (r.train_seconds is not None or r.budget_minutes is not None)]
+    if not trained:
+        return "no trained method"
+    if {r.budget_minutes for r in trained} == {cfg.budget_minutes}:
+        return f"{cfg.budget_minutes:g} min per trained method"
+    return "training time and budget per row"
 
 
 def write_outputs(
@@ -318,8 +337,8 @@ def write_outputs(
         "",
         f"Command: `{cfg.command or '(library call)'}`",
         "",
-        f"Machine: {machine}. Encoder family: {cfg.encoder} from ImageNet. Training budget per trained "
-        f"method: {cfg.budget_minutes:g} min wall time (pretraining preset `{cfg.pretrain_preset}`). Probe: "
+        f"Machine: {machine}. Encoder family: {cfg.encoder} from ImageNet. Training: "
+        f"{budget_phrase(results, cfg)} (wall time; pretraining preset `{cfg.pretrain_preset}`). Probe: "
         f"frozen encoder, 5 crops x 2 scales at {cfg.crop} px ({'bf16 autocast' if cfg.amp else 'fp32'}), "
         f"ridge with alpha chosen on validation, {cfg.n_splits} random 70/10/20 splits (seed 27); LML-IQA: "
         "fine-tuned on the first split(s) of the same splits. SRCC/PLCC: test split, median over splits.",
@@ -334,7 +353,7 @@ def write_outputs(
     atomic_write_text(paths["md"], "\n".join(md))
     if chart and any(r.status == "ok" and r.srcc for r in results):
         paths["chart"] = bar_chart(results, cfg.chart, title=f"{cfg.dataset.upper()}: {cfg.encoder}, "
-                                   f"{cfg.budget_minutes:g} min per trained method")
+                                   f"{budget_phrase(results, cfg)}")
     return paths
 
 

@@ -384,7 +384,7 @@ def models_command(
     for d in entries:
         m = d["metrics"] or {}
         srcc, plcc = m.get("srcc_median"), m.get("plcc_median")
-        quality = f"SRCC {srcc:.3f}, PLCC {plcc:.3f} (median over {m.get('splits', '?')} splits)" if srcc is not None and plcc is not None else "not measured"
+        quality = f"SRCC {srcc:.4f}, PLCC {plcc:.4f} (median over {m.get('splits', '?')} splits)" if srcc is not None and plcc is not None else "not measured"
         lo, hi = d["score_range"]
         lines = [
             f"{d['name']}" + (f"  (aliases: {', '.join(d['aliases'])})" if d["aliases"] else ""),
