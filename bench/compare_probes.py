@@ -20,6 +20,8 @@ import sys
 from math import comb
 from pathlib import Path
 
+from shamisa.fileio import atomic_write_json
+
 
 def sign_test_p(wins: int, losses: int) -> float:
     """Two-sided exact sign test (ties dropped)."""
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{m['mean_diff']:+.4f}, median {m['median_diff']:+.4f}; better on {m['improved']}, worse on "
               f"{m['worse']} of {len(res['splits'])} (sign test p = {m['sign_test_p']:.3f})")
     if args.json:
-        args.json.write_text(json.dumps(res, indent=2) + "\n")
+        atomic_write_json(args.json, res)
     return 0
 
 

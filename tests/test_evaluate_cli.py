@@ -221,5 +221,5 @@ def test_cli_malformed_csv_rows_stop_or_are_skipped_with_skip_bad_rows(csv_datas
     assert "Traceback" not in r.output
     r = runner.invoke(app, base + ["--out", str(tmp_path / "b"), "--skip-bad-rows"])
     assert r.exit_code == 0, r.output
-    assert "line 32 skipped" in r.output and "line 33 skipped" in r.output
+    assert "skipped 2 malformed row(s)" in r.output and "line 32:" in r.output and "line 33:" in r.output
     assert json.loads((tmp_path / "b" / "results.json").read_text())["n_images"] == 30

@@ -319,6 +319,7 @@ def write_outputs(
     """Write ``benchmark.json``, ``benchmark.md`` (under ``cfg.out``) and the chart (``cfg.chart``)."""
     out = Path(cfg.out)
     paths = {"json": out / "benchmark.json", "md": out / "benchmark.md"}
+    budget = budget_phrase(results, cfg)
     machine = f"{platform.machine()} CPU, {_cpu_count()} cores ({platform.system()}), torch {_torch_version()}"
     payload = {
         "format": "shamisa-benchmark",
@@ -338,7 +339,7 @@ def write_outputs(
         f"Command: `{cfg.command or '(library call)'}`",
         "",
         f"Machine: {machine}. Encoder family: {cfg.encoder} from ImageNet. Training: "
-        f"{budget_phrase(results, cfg)} (wall time; pretraining preset `{cfg.pretrain_preset}`). Probe: "
+        f"{budget} (wall time; pretraining preset `{cfg.pretrain_preset}`). Probe: "
         f"frozen encoder, 5 crops x 2 scales at {cfg.crop} px ({'bf16 autocast' if cfg.amp else 'fp32'}), "
         f"ridge with alpha chosen on validation, {cfg.n_splits} random 70/10/20 splits (seed 27); LML-IQA: "
         "fine-tuned on the first split(s) of the same splits. SRCC/PLCC: test split, median over splits.",
@@ -352,8 +353,7 @@ def write_outputs(
         md += ["Notes:", "", *notes, ""]
     atomic_write_text(paths["md"], "\n".join(md))
     if chart and any(r.status == "ok" and r.srcc for r in results):
-        paths["chart"] = bar_chart(results, cfg.chart, title=f"{cfg.dataset.upper()}: {cfg.encoder}, "
-                                   f"{budget_phrase(results, cfg)}")
+        paths["chart"] = bar_chart(results, cfg.chart, title=f"{cfg.dataset.upper()}: {cfg.encoder}, {budget}")
     return paths
 
 

@@ -210,9 +210,11 @@ def _cpu() -> PretrainConfig:
     # preset therefore keeps batch-norm statistics frozen, feeds the expander sqrt(D)-scaled h, drops
     # the edge regulariser (the paper's ablation A2) and lowers lambda_inv / lambda_cov to 5 / 1, the
     # balance at which z keeps its spread for the whole run. The paper preset keeps A0 unchanged.
-    loss = ShamisaLossConfig(lambda_inv=5.0, lambda_cov=1.0, rho=0.0)
-    return PretrainConfig(
-        loss=loss,
+    # Everything not named here (schedule, momentum, weight decay, seed, max distortions, items per
+    # step) is the paper recipe.
+    return dataclasses.replace(
+        _paper(),
+        loss=ShamisaLossConfig(lambda_inv=5.0, lambda_cov=1.0, rho=0.0),
         encoder="efficientnet_lite0",
         pretrained=True,
         bn_mode="frozen",
@@ -222,21 +224,11 @@ def _cpu() -> PretrainConfig:
         n_refs=2,
         n_comps=3,
         n_levels=4,
-        max_distortions=7,
-        items_per_step=2,
         lr=1e-3,
-        momentum=0.9,
-        weight_decay=1e-4,
-        eta_min=1e-6,
-        t0_epochs=1,
-        t_mult=2,
-        epochs=1,
         max_minutes=55.0,
-        seed=27,
         device="cpu",
         threads=1,
         amp="off",
-        channels_last=True,
         num_workers=1,
         out_dir="runs/pretrain-cpu",
         checkpoint_every=25,

@@ -58,9 +58,10 @@ def _load_dataset(name_or_csv: str, root: Path | None, limit: int | None, skip_b
     if p.suffix.lower() in {".csv", ".tsv", ".txt"} or p.is_file():
         from shamisa.datasets.generic import load_csv
 
+        from shamisa.cli.score_cmd import report_skipped_rows
+
         ds = load_csv(p, name=p.stem, skip_bad=skip_bad_rows)
-        for row in ds.skipped:
-            _err(f"warning: {p}: line {row.line} skipped: {row.reason}")
+        report_skipped_rows(ds.skipped, p)
     else:
         if root is None:
             raise ConfigError(f"--root is required for the dataset {name_or_csv!r} (the folder of its release)")

@@ -17,7 +17,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -398,6 +398,18 @@ def models_command(
         print("\n".join(line for line in lines if line is not None))
 
 
+def report_skipped_rows(skipped: Sequence[Any], source: object) -> None:
+    """On stderr: how many malformed label rows were left out, then the first
+    :data:`MAX_LISTED_FAILURES` with their line numbers and reasons."""
+    if not skipped:
+        return
+    _err(f"skipped {len(skipped)} malformed row(s) of {source}:")
+    for row in skipped[:MAX_LISTED_FAILURES]:
+        _err(f"  line {row.line}: {row.reason}" + (f" ({row.path})" if row.path and row.path not in row.reason else ""))
+    if len(skipped) > MAX_LISTED_FAILURES:
+        _err(f"  ... and {len(skipped) - MAX_LISTED_FAILURES} more")
+
+
 def _parse_range(text: str | None) -> tuple[float, float] | None:
     from shamisa.errors import ConfigError
 
@@ -532,12 +544,7 @@ def _run_fit(labels: str, output: Path, root: Path | None, encoder: str | None, 
         dataset_desc = ds.name
         if mos_type or rng:
             raise ConfigError("--mos-type/--score-range apply to CSV labels only (datasets know their scale)")
-    if ds.skipped:
-        _err(f"skipped {len(ds.skipped)} malformed row(s) of {labels}:")
-        for row in ds.skipped[:MAX_LISTED_FAILURES]:
-            _err(f"  line {row.line}: {row.reason}" + (f" ({row.path})" if row.path and row.path not in row.reason else ""))
-        if len(ds.skipped) > MAX_LISTED_FAILURES:
-            _err(f"  ... and {len(ds.skipped) - MAX_LISTED_FAILURES} more")
+    report_skipped_rows(ds.skipped, labels)
     if len(ds) < 30:
         raise DatasetError(f"{labels}: {len(ds)} usable labelled images; at least 30 are needed (3 per validation split)")
     dev = _resolve_device(device)

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from shamisa.errors import ConfigError
 from shamisa.objectives.aggregate import (
     BRANCHES,
+    PAIR_METRICS,
     BranchWeighting,
     branch_statistics,
     combine_branches,
@@ -78,8 +79,8 @@ class ShamisaLossConfig:
     def __post_init__(self) -> None:
         if self.curve not in CURVES:
             raise ConfigError(f"unknown severity curve {self.curve!r}; choose one of {sorted(CURVES)}")
-        if self.pair_metric not in ("euc", "cos"):
-            raise ConfigError(f"unknown pair metric {self.pair_metric!r}; use 'euc' or 'cos'")
+        if self.pair_metric not in PAIR_METRICS:
+            raise ConfigError(f"unknown pair metric {self.pair_metric!r}; use one of {PAIR_METRICS}")
         if self.structural_rule not in ("parity", "all_views"):
             raise ConfigError(f"unknown structural rule {self.structural_rule!r}; use 'parity' or 'all_views'")
         for name, value in asdict(self).items():
