@@ -183,8 +183,18 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="time the items in this many spawned processes with one thread each (as data workers); 0 = in-process",
     )
+    ap.add_argument(
+        "--jpeg2000",
+        choices=("openjpeg", "approx"),
+        default="openjpeg",
+        help="jpeg2000 implementation: the real codec, or the labelled wavelet approximation",
+    )
     ap.add_argument("--out", type=Path, default=HERE / "results" / "distortion_engine.json")
     args = ap.parse_args(argv)
+
+    from shamisa.distortions.codecs import set_jpeg2000_impl
+
+    set_jpeg2000_impl(args.jpeg2000)  # environment: inherited by spawned workers
 
     if args.no_keep_heap:
         os.environ["SHAMISA_KEEP_HEAP"] = "0"  # inherited by spawned workers
@@ -200,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             "loadavg_before": os.getloadavg(),
         },
         "keep_heap": not args.no_keep_heap,
+        "jpeg2000": args.jpeg2000,
         "workers": args.workers,
         "items": {},
         "types_ms_per_120": {},

@@ -140,6 +140,18 @@ def test_lml_result_rows_fold_splits() -> None:
     assert row.split_value(0) == 0.8 and row.srcc_median == pytest.approx(0.75)
 
 
+def test_lml_note_names_the_steps_once_when_every_split_ran_the_same() -> None:
+    from shamisa.benchmark import _lml_note
+
+    same = [{"split": s, "steps": 81, "epochs_done": 0.797, "config": {"crop": 128, "saliency": "spectral"}}
+            for s in range(10)]
+    note = _lml_note(same, 10)
+    assert "81 steps / 0.80 epochs on each split" in note and note.count("81 steps") == 1
+    assert "of the 10 splits" not in note
+    mixed = _lml_note([dict(same[0]), dict(same[1], steps=40, epochs_done=0.4)], 10)
+    assert "81 steps / 0.80 epochs, 40 steps / 0.40 epochs" in mixed and "2 of the 10 splits" in mixed
+
+
 def test_config_validation() -> None:
     with pytest.raises(ConfigError):
         BenchmarkConfig(root="x", methods=("imagenet", "clip"))

@@ -262,3 +262,31 @@ def test_cuda_fp16_with_synthesis_on_the_device(tmp_path) -> None:
     assert record["step"] == 2 and record["scaler"] is not None
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(r["loss"]) for r in rows)
+
+
+def test_encoder_lr_scale_puts_the_encoder_in_its_own_group(tmp_path) -> None:
+    from shamisa.train import build_model, param_groups
+
+    cfg = tiny_cfg(tmp_path, "run", "encoder_lr_scale=0.1", "lr=0.01")
+    model = build_model(cfg)
+    groups = param_groups(model, cfg)
+    enc = {id(p) for p in model.encoder.parameters() if p.requires_grad}
+    assert {id(p) for p in groups[1]["params"]} == enc and groups[1]["lr"] == pytest.approx(0.001)
+    assert not enc & {id(p) for p in groups[0]["params"]} and "lr" not in groups[0]
+    trainable = sum(p.requires_grad for p in model.parameters())
+    assert len(groups[0]["params"]) + len(groups[1]["params"]) == trainable
+    # one SGD step from zero momentum moves each parameter by lr * grad (weight decay off)
+    opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, weight_decay=0.0)
+    params = [p for g in groups for p in g["params"]]
+    before = [p.detach().clone() for p in params]
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    for g, lr in ((groups[0], 0.01), (groups[1], 0.001)):
+        for p in g["params"]:
+            b = before[next(i for i, q in enumerate(params) if q is p)]
+            torch.testing.assert_close(b - p.detach(), torch.full_like(p, lr))
+    # scale 1 keeps the single group of earlier checkpoints
+    assert len(param_groups(model, tiny_cfg(tmp_path, "run2"))) == 1
+    with pytest.raises(ConfigError, match="encoder_lr_scale"):
+        tiny_cfg(tmp_path, "run3", "encoder_lr_scale=0")

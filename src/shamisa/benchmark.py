@@ -585,7 +585,8 @@ def run_lml(ctx: _Context) -> MethodResult:
 
 
 def _lml_note(payloads: Sequence[dict[str, Any]], n_splits: int) -> str:
-    steps = ", ".join(f"{p.get('steps')} steps / {float(p.get('epochs_done') or 0):.2f} epochs" for p in payloads)
+    per_run = [f"{p.get('steps')} steps / {float(p.get('epochs_done') or 0):.2f} epochs" for p in payloads]
+    steps = f"{per_run[0]} on each split" if len(set(per_run)) == 1 and len(per_run) > 1 else ", ".join(per_run)
     c = payloads[0].get("config", {}) if payloads else {}
     note = (f"fine-tuned end to end (crop {c.get('crop')}, saliency {c.get('saliency')}): {steps}; "
             "a different protocol from the frozen-encoder probe")

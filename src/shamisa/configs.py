@@ -79,8 +79,10 @@ class PretrainConfig:
     grad_accum: int = 1
     num_workers: int = 0
     synth_on_device: bool = False
+    jpeg2000_impl: str = "openjpeg"  # or "approx": the labelled wavelet approximation (faster, not the codec)
     # optimisation
     lr: float = 1.5e-3
+    encoder_lr_scale: float = 1.0  # encoder lr = lr * this (1: one group for all, as the paper)
     momentum: float = 0.9
     weight_decay: float = 1e-4
     eta_min: float = 1e-6
@@ -152,6 +154,8 @@ def validate(cfg: PretrainConfig) -> None:
         raise ConfigError(f"patch_size must be >= 32 px, got {cfg.patch_size}")
     if cfg.lr <= 0 or cfg.eta_min < 0 or cfg.eta_min > cfg.lr:
         raise ConfigError(f"need 0 <= eta_min <= lr and lr > 0 (lr={cfg.lr}, eta_min={cfg.eta_min})")
+    if not 0 < cfg.encoder_lr_scale <= 1000:
+        raise ConfigError(f"encoder_lr_scale must be in (0, 1000], got {cfg.encoder_lr_scale}")
     if not 0 <= cfg.momentum < 1 or cfg.weight_decay < 0:
         raise ConfigError(f"need 0 <= momentum < 1 and weight_decay >= 0 (got {cfg.momentum}, {cfg.weight_decay})")
     if cfg.max_steps is not None and cfg.max_steps < 1:
@@ -164,6 +168,8 @@ def validate(cfg: PretrainConfig) -> None:
         raise ConfigError(f"num_workers must be >= 0, got {cfg.num_workers}")
     if cfg.synth_on_device and cfg.num_workers:
         raise ConfigError("synth_on_device=true synthesises in the main process: set num_workers=0")
+    if cfg.jpeg2000_impl not in ("openjpeg", "approx"):
+        raise ConfigError(f"jpeg2000_impl must be 'openjpeg' or 'approx', not {cfg.jpeg2000_impl!r}")
     if cfg.severity_dist not in {"gaussian", "uniform"}:
         raise ConfigError(f"severity_dist must be 'gaussian' or 'uniform', not {cfg.severity_dist!r}")
 

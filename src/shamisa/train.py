@@ -224,6 +224,18 @@ def build_model(cfg: PretrainConfig) -> PretrainModel:
     return PretrainModel(encoder, projector, loss, channels_last=cfg.channels_last)
 
 
+def param_groups(model: PretrainModel, cfg: PretrainConfig) -> list[dict[str, Any]]:
+    """Trainable parameters as SGD groups: one group at ``lr``, or, with ``encoder_lr_scale != 1``, the
+    projector/prototypes at ``lr`` (first group, the one logged) and the encoder at ``lr * encoder_lr_scale``."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if cfg.encoder_lr_scale == 1.0:
+        return [{"params": trainable}]
+    encoder_ids = {id(p) for p in model.encoder.parameters()}
+    head = [p for p in trainable if id(p) not in encoder_ids]
+    enc = [p for p in trainable if id(p) in encoder_ids]
+    return [{"params": head}, {"params": enc, "lr": cfg.lr * cfg.encoder_lr_scale}]
+
+
 def set_train_mode(model: nn.Module, bn_mode: str) -> None:
     """Training mode; with ``bn_mode == "frozen"`` batch-norm layers use their running statistics."""
     model.train()
@@ -571,6 +583,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
 def _pretrain(cfg: PretrainConfig, t_start: float) -> Path:
     from safetensors.torch import load_file
 
+    from shamisa.distortions.codecs import set_jpeg2000_impl
     from shamisa.pretrain_data import PristineDataset
 
     device_type = "cuda" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
@@ -586,6 +599,7 @@ def _pretrain(cfg: PretrainConfig, t_start: float) -> Path:
         atomic_write_json(out_dir / "config.json", resolved)
 
     seed_everything(cfg.seed)
+    set_jpeg2000_impl(cfg.jpeg2000_impl)  # also seen by data workers (environment)
     dataset = PristineDataset(
         cfg.data_dirs, exclude=cfg.exclude_dirs, patch_size=cfg.patch_size, n_refs=cfg.n_refs,
         n_comps=cfg.n_comps, n_levels=cfg.n_levels, max_distortions=cfg.max_distortions,
@@ -605,8 +619,7 @@ def _pretrain(cfg: PretrainConfig, t_start: float) -> Path:
     model.amp_dtype = amp_dtype
     if cfg.channels_last:
         model.encoder.to(memory_format=torch.channels_last)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = torch.optim.SGD(param_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=cfg.t0_epochs, T_mult=cfg.t_mult, eta_min=cfg.eta_min)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
 

@@ -111,9 +111,17 @@ def register(app: typer.Typer) -> None:
         list_: bool = typer.Option(False, "--list", help="List the types, groups and level tables."),
         as_json: bool = typer.Option(False, "--json", help="With --list: print JSON instead of a table."),
         seed: int = typer.Option(0, "--seed", help="Seed for the random draws of stochastic types."),
+        jpeg2000: str = typer.Option(
+            "openjpeg", "--jpeg2000", help="jpeg2000 type: openjpeg (the real codec) | approx (wavelet approximation)."
+        ),
     ) -> None:
         """Apply one distortion to an image, draw a contact sheet of every type, or list the types."""
+        from shamisa.distortions.codecs import JPEG2000_IMPLS, set_jpeg2000_impl
         from shamisa.errors import ConfigError
+
+        if jpeg2000 not in JPEG2000_IMPLS:
+            raise ConfigError(f"--jpeg2000 must be one of {', '.join(JPEG2000_IMPLS)}, not {jpeg2000!r}")
+        set_jpeg2000_impl(jpeg2000)
 
         if list_:
             _list_types(as_json)

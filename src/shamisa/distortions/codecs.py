@@ -26,6 +26,32 @@ J2K_IRREVERSIBLE = True
 J2K_MCT = True
 
 
+#: Implementations of the ``jpeg2000`` distortion: the real codec (default) or the labelled wavelet
+#: approximation of :mod:`shamisa.distortions.wavelet_codec` (batched, runs on the tensors' device).
+JPEG2000_IMPLS = ("openjpeg", "approx")
+_JPEG2000_ENV = "SHAMISA_JPEG2000"
+
+
+def jpeg2000_impl() -> str:
+    """The ``jpeg2000`` implementation in use: :func:`set_jpeg2000_impl`'s choice, else the environment
+    variable ``SHAMISA_JPEG2000`` (inherited by data-worker processes), else ``"openjpeg"``."""
+    name = os.environ.get(_JPEG2000_ENV, "openjpeg")
+    if name not in JPEG2000_IMPLS:
+        raise ValueError(f"{_JPEG2000_ENV}={name!r}: choose one of {', '.join(JPEG2000_IMPLS)}")
+    return name
+
+
+def set_jpeg2000_impl(name: str) -> None:
+    """Choose the ``jpeg2000`` implementation for this process and the processes it starts.
+
+    ``"openjpeg"`` is the real codec; ``"approx"`` the wavelet approximation (an option for speed, e.g. to
+    keep synthesis on a GPU: its outputs differ from the real codec's, see ``bench/jpeg2000_approx.py``).
+    """
+    if name not in JPEG2000_IMPLS:
+        raise ValueError(f"unknown jpeg2000 implementation {name!r}; choose one of {', '.join(JPEG2000_IMPLS)}")
+    os.environ[_JPEG2000_ENV] = name
+
+
 def thread_pool() -> ThreadPoolExecutor:
     """The engine's shared worker threads (codecs and per-sample random draws; both release the GIL).
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from shamisa.distortions.codecs import jpeg2000_pillow, jpeg_pillow, thread_pool
+from shamisa.distortions.codecs import jpeg2000_impl, jpeg2000_pillow, jpeg_pillow, thread_pool
 
 Tensor = torch.Tensor
 
@@ -504,7 +504,12 @@ def colorsat2(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
 
 
 def jpeg2000(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
-    """JPEG2000 (OpenJPEG) at compression ratio ``v`` (rate mode)."""
+    """JPEG2000 at compression ratio ``v`` (rate mode): OpenJPEG, or the labelled wavelet approximation
+    when :func:`shamisa.distortions.codecs.set_jpeg2000_impl` chose ``"approx"``."""
+    if jpeg2000_impl() == "approx":
+        from shamisa.distortions.wavelet_codec import jpeg2000_approx
+
+        return jpeg2000_approx(x, v)
     return jpeg2000_pillow(x, v)
 
 
