@@ -258,3 +258,11 @@ def test_budget_phrase_and_tick_labels() -> None:
     label = _tick_label("SHAMISA, metadata branches only")
     assert all(len(line) <= 18 for line in label.split("\n")) and label.replace("\n", " ") == "SHAMISA, metadata branches only"
     assert _tick_label("BRISQUE + SVR") == "BRISQUE\n+ SVR"
+
+
+def test_describe_paths_shortens_many_result_files(tmp_path) -> None:
+    from shamisa.benchmark import describe_paths
+
+    assert describe_paths(["a/r.json", "b/r.json"]) == "a/r.json, b/r.json"
+    many = [str(tmp_path / f"clive-s{s}" / "result.json") for s in range(10)]
+    assert describe_paths(many) == f"10 result files under {tmp_path.resolve()}"

@@ -3,6 +3,7 @@ batch behaviour, and closeness to the real codec on real photos."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -45,7 +46,8 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def test_wavelet_reconstructs_perfectly() -> None:
     x = torch.rand(2, 3, 64, 96, dtype=torch.float64)
     bands = dwt2(x, 5)
-    assert [tuple(b.shape[-3:]) for b in bands] == [(3, 32, 48), (3, 16, 24), (3, 8, 12), (3, 4, 6), (3, 2, 3), (1, 2, 3)]
+    shapes = [(3, 32, 48), (3, 16, 24), (3, 8, 12), (3, 4, 6), (3, 2, 3), (1, 2, 3)]
+    assert [tuple(b.shape[-3:]) for b in bands] == shapes
     torch.testing.assert_close(idwt2(bands), x, rtol=0, atol=1e-12)
 
 
@@ -70,7 +72,8 @@ def test_deadzone_entropy_matches_the_direct_sum(ratio: float) -> None:
     t = math.exp(-ratio)
     probs = [1 - t] + [t**k * (1 - t) / 2 for k in range(1, 2000) for _ in (0, 1)]
     direct = -sum(p * math.log2(p) for p in probs if p > 0)
-    assert float(laplacian_deadzone_entropy(torch.tensor(ratio, dtype=torch.float64))) == pytest.approx(direct, rel=1e-6)
+    model = float(laplacian_deadzone_entropy(torch.tensor(ratio, dtype=torch.float64)))
+    assert model == pytest.approx(direct, rel=1e-6)
 
 
 def test_output_range_batch_and_determinism() -> None:
@@ -89,7 +92,7 @@ def test_output_range_batch_and_determinism() -> None:
 def test_quality_falls_with_the_ratio() -> None:
     x = photo_crops(224)
     values = [psnr(jpeg2000_approx(x, torch.full((len(x),), float(r))), x).mean() for r in LEVELS["jpeg2000"]]
-    assert all(a > b for a, b in zip(values, values[1:]))
+    assert all(a > b for a, b in itertools.pairwise(values))
 
 
 @pytest.mark.skipif(not has_jpeg2000(), reason="Pillow without OpenJPEG")

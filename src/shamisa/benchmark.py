@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -342,7 +343,7 @@ def write_outputs(
         f"{budget} (wall time; pretraining preset `{cfg.pretrain_preset}`). Probe: "
         f"frozen encoder, 5 crops x 2 scales at {cfg.crop} px ({'bf16 autocast' if cfg.amp else 'fp32'}), "
         f"ridge with alpha chosen on validation, {cfg.n_splits} random 70/10/20 splits (seed 27); LML-IQA: "
-        "fine-tuned on the first split(s) of the same splits. SRCC/PLCC: test split, median over splits.",
+        "fine-tuned once per split on the same splits (column `splits`: how many). SRCC/PLCC: test split, median over splits.",
         "",
         markdown_table(results),
     ]
@@ -559,12 +560,20 @@ def lml_result_rows(results: Sequence[dict[str, Any]], label: str = LABELS["lml"
     )
 
 
+def describe_paths(paths: Sequence[str]) -> str:
+    """``a, b`` for one or two paths; for more, their count and the folder they share."""
+    if len(paths) <= 2:
+        return ", ".join(paths)
+    common = os.path.commonpath([str(Path(p).resolve().parent) for p in paths])
+    return f"{len(paths)} result files under {common}"
+
+
 def run_lml(ctx: _Context) -> MethodResult:
     from shamisa.finetune import FinetuneConfig, finetune
 
     if ctx.cfg.lml_results:
         payloads = [json.loads(Path(p).read_text()) for p in ctx.cfg.lml_results]
-        r = lml_result_rows(payloads, source="reused: " + ", ".join(ctx.cfg.lml_results))
+        r = lml_result_rows(payloads, source="reused: " + describe_paths(ctx.cfg.lml_results))
         r.budget_minutes = sum(float(p["config"].get("max_minutes") or 0) for p in payloads) or None
         r.note = _lml_note(payloads, ctx.cfg.n_splits)
         return r

@@ -58,7 +58,7 @@ _ICT_INV = torch.tensor([[1.0, 0.0, 1.402], [1.0, -0.34413, -0.71414], [1.0, 1.7
 
 def wavelet_levels(h: int, w: int) -> int:
     """Decomposition levels the real codec uses for an ``h`` x ``w`` image (resolutions - 1)."""
-    return max(0, min(J2K_RESOLUTIONS, int(math.floor(math.log2(max(1, min(h, w))))) + 1) - 1)
+    return max(0, min(J2K_RESOLUTIONS, math.floor(math.log2(max(1, min(h, w)))) + 1) - 1)
 
 
 def _next(t: Tensor, dim: int) -> Tensor:
