@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,18 @@ def test_resume_refuses_a_different_config(tiny_run) -> None:
     cfg, _ = tiny_run
     with pytest.raises(ConfigError, match="different config"):
         pretrain(apply_overrides(cfg, ["lr=0.5"]))
+
+
+def test_checkpoint_from_before_a_new_key_still_resumes(tiny_run) -> None:
+    from shamisa.configs import config_to_dict
+    from shamisa.train import _check_resumable
+
+    cfg, _ = tiny_run
+    current = config_to_dict(cfg)
+    older = {k: v for k, v in current.items() if k not in ("encoder_lr_scale", "jpeg2000_impl")}
+    _check_resumable(older, current)  # the missing keys take their defaults, which the run uses
+    with pytest.raises(ConfigError, match="jpeg2000_impl"):
+        _check_resumable(older, config_to_dict(apply_overrides(cfg, ["jpeg2000_impl=approx"])))
 
 
 def test_export_writes_a_loadable_encoder(tiny_run, tmp_path) -> None:
@@ -290,3 +303,15 @@ def test_encoder_lr_scale_puts_the_encoder_in_its_own_group(tmp_path) -> None:
     assert len(param_groups(model, tiny_cfg(tmp_path, "run2"))) == 1
     with pytest.raises(ConfigError, match="encoder_lr_scale"):
         tiny_cfg(tmp_path, "run3", "encoder_lr_scale=0")
+
+
+def test_pretrain_with_the_jpeg2000_approximation(tmp_path, monkeypatch) -> None:
+    from shamisa.train import pretrain
+
+    monkeypatch.setenv("SHAMISA_JPEG2000", "openjpeg")  # restored after the test
+    cfg = tiny_cfg(tmp_path, "run", "max_steps=1", "jpeg2000_impl=approx")
+    run = pretrain(cfg)
+    assert json.loads((run / "ckpt" / "last.json").read_text())["config"]["jpeg2000_impl"] == "approx"
+    assert os.environ["SHAMISA_JPEG2000"] == "approx"  # seen by data workers
+    with pytest.raises(ConfigError, match="jpeg2000_impl"):
+        tiny_cfg(tmp_path, "run2", "jpeg2000_impl=fast")

@@ -553,6 +553,8 @@ def resolve_amp(cfg: PretrainConfig, device: torch.device) -> tuple[torch.dtype 
 
 
 def _check_resumable(saved: Mapping[str, Any], current: Mapping[str, Any]) -> None:
+    with contextlib.suppress(ConfigError):  # keys added since the checkpoint was written take their defaults
+        saved = config_to_dict(PretrainConfig.from_dict(dict(saved)))
     diff = sorted(k for k in set(saved) | set(current) if k not in RESUMABLE_KEYS and saved.get(k) != current.get(k))
     if diff:
         raise ConfigError(
