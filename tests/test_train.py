@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import natural_like_image
 from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
 
-from conftest import natural_like_image
 from shamisa.configs import PretrainConfig, apply_overrides, preset
 from shamisa.errors import ConfigError, DatasetError, TrainingError
 
@@ -106,9 +106,10 @@ def test_checkpoint_from_before_a_new_key_still_resumes(tiny_run) -> None:
 
 
 def test_export_writes_a_loadable_encoder(tiny_run, tmp_path) -> None:
+    from typer.testing import CliRunner
+
     from shamisa.cli.app import app
     from shamisa.models import load_encoder
-    from typer.testing import CliRunner
 
     _, run = tiny_run
     out = tmp_path / "enc.safetensors"
@@ -249,8 +250,9 @@ def test_item_sampler_shards_each_step_across_ranks() -> None:
 
 
 def test_cli_pretrain_runs_and_prints_the_run_folder(tmp_path) -> None:
-    from shamisa.cli.app import app
     from typer.testing import CliRunner
+
+    from shamisa.cli.app import app
 
     data = make_images(tmp_path / "data")
     out = tmp_path / "cli-run"
