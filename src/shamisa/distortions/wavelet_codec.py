@@ -12,15 +12,15 @@ to an image with tensor operations only, so it runs batched on the CPU or the GP
 4. the step chosen by bisection so that an entropy estimate of the quantised coefficients meets the
    target rate of the compression ratio (24 bits a pixel / ratio). The estimate models each sub-band of
    each component as Laplacian (scale = mean absolute coefficient), for which the entropy of the
-   dead-zone quantiser has a closed form; the target is mapped through a power law calibrated against
-   the real codec (:data:`RATE_COEFFS`) that absorbs EBCOT's context coding,
-   its rate allocation and the headers;
+   dead-zone quantiser has a closed form; the target is rescaled by a factor calibrated against the real
+   codec (:data:`RATE_COEFFS`, log-bilinear in bits per pixel and crop side) that absorbs EBCOT's context
+   coding, its rate allocation and the headers;
 5. mid-point reconstruction, inverse wavelet, inverse ICT, clamp, rounding to 8 bits.
 
 It is an approximation: the real codec's bit-plane coder, code-blocks and rate-distortion optimisation are
 not modelled, so per-image errors differ (ringing and blur appear at the same ratios, with similar PSNR on
 average; the test and the benchmark measure how close). It is therefore a labelled option,
-``jpeg2000_impl="approx"`` (see :func:`shamisa.distortions.set_jpeg2000_impl`), never the default.
+``jpeg2000_impl="approx"`` (see :func:`shamisa.distortions.codecs.set_jpeg2000_impl`), never the default.
 """
 
 from __future__ import annotations
