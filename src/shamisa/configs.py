@@ -168,8 +168,10 @@ def validate(cfg: PretrainConfig) -> None:
         raise ConfigError(f"num_workers must be >= 0, got {cfg.num_workers}")
     if cfg.synth_on_device and cfg.num_workers:
         raise ConfigError("synth_on_device=true synthesises in the main process: set num_workers=0")
-    if cfg.jpeg2000_impl not in ("openjpeg", "approx"):
-        raise ConfigError(f"jpeg2000_impl must be 'openjpeg' or 'approx', not {cfg.jpeg2000_impl!r}")
+    from shamisa.distortions.codecs import JPEG2000_IMPLS
+
+    if cfg.jpeg2000_impl not in JPEG2000_IMPLS:
+        raise ConfigError(f"jpeg2000_impl must be one of {', '.join(JPEG2000_IMPLS)}, not {cfg.jpeg2000_impl!r}")
     if cfg.severity_dist not in {"gaussian", "uniform"}:
         raise ConfigError(f"severity_dist must be 'gaussian' or 'uniform', not {cfg.severity_dist!r}")
 
