@@ -45,11 +45,17 @@ def _paths(folder: Path, subset: int) -> list[str]:
     return files[:subset] if subset > 0 else files
 
 
+def _split_mode(mode: str) -> tuple[str, str]:
+    """"batched1_bf16" -> ("batched1", "bf16"); "loop" -> ("loop", "fp32")."""
+    return (mode[: -len("_bf16")], "bf16") if mode.endswith("_bf16") else (mode, "fp32")
+
+
 def _run_mode(mode: str, models: dict, paths: list[str], args: argparse.Namespace) -> list[float]:
-    if mode.startswith("batched"):  # "batched" uses --batch-size; "batched4" a batch of 4 images
-        bs = int(mode[len("batched"):] or args.batch_size)
+    base, _ = _split_mode(mode)
+    if base.startswith("batched"):  # "batched" uses --batch-size; "batched4" a batch of 4 images
+        bs = int(base[len("batched"):] or args.batch_size)
         return [r.raw for r in models[mode].score_paths(paths, batch_size=bs, workers=args.workers)]
-    if mode in ("loop", "loop_eager"):
+    if base in ("loop", "loop_eager"):
         return [models[mode].score(p, return_raw=True, workers=1).raw for p in paths]
     raise SystemExit(f"unknown mode {mode}")
 
@@ -57,7 +63,11 @@ def _run_mode(mode: str, models: dict, paths: list[str], args: argparse.Namespac
 def _load_models(modes: list[str], model: str) -> dict:
     from shamisa.scorer import load
 
-    return {m: load(model, device="cpu", optimize=m != "loop_eager") for m in modes}
+    out = {}
+    for m in modes:
+        base, precision = _split_mode(m)
+        out[m] = load(model, device="cpu", optimize=base != "loop_eager", precision=precision)
+    return out
 
 
 def _memory_child(args: argparse.Namespace) -> dict:
@@ -70,6 +80,12 @@ def _memory_child(args: argparse.Namespace) -> dict:
     _run_mode(args.memory_mode, models, paths, args)
     return {"mode": args.memory_mode, "peak_rss_mb": round(_vm("VmHWM"), 1),
             "rss_after_load_mb": round(rss_loaded, 1), "images": len(paths)}
+
+
+def _native_bf16() -> bool:
+    from shamisa.scorer import cpu_has_native_bf16
+
+    return cpu_has_native_bf16()
 
 
 def _vm(key: str) -> float:
@@ -139,12 +155,13 @@ def main() -> int:
     by = {r["mode"]: r for r in results}
     speedups = {}
     for b in [m for m in by if m.startswith("batched")]:
-        for base in ("loop", "loop_eager"):
+        for base in ("loop", "loop_eager", "loop_bf16"):
             if base in by:
                 speedups[f"{b}_vs_{base}"] = round(by[b]["images_per_s"] / by[base]["images_per_s"], 2)
     report = {
         "command": "python bench/score_throughput.py " + " ".join(sys.argv[1:]),
         "machine": f"{platform.machine()}, {os.cpu_count()} logical CPUs shared with other jobs",
+        "cpu_native_bf16": _native_bf16(),
         "torch_threads": args.threads,
         "batch_size": args.batch_size,
         "workers": args.workers,

@@ -175,3 +175,18 @@ def test_output_errors_are_one_line(images, model_file, tmp_path):
     assert r.exit_code == 2 and "is a folder" in r.stderr
     r = run("score", images, "--model", model_file, "--device", "cuda:7")
     assert r.exit_code == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.output
+
+
+def test_bf16_precision_option(images, model_file):
+    r32 = run("score", images, "--model", model_file, "-f", "csv", "-q")
+    r16 = run("score", images, "--model", model_file, "-f", "csv", "-q", "--precision", "bf16")
+    assert r32.exit_code == 0 and r16.exit_code == 0, r16.output
+    a, b = _csv_rows(r32.stdout), _csv_rows(r16.stdout)
+    assert [x["path"] for x in a] == [x["path"] for x in b]
+    assert all(abs(float(x["score"]) - float(y["score"])) < 0.1 for x, y in zip(a, b, strict=True))
+
+
+def test_unknown_precision_exits_2(images, model_file):
+    r = run("score", images, "--model", model_file, "--precision", "fp16")
+    assert r.exit_code == 2
+    assert "unknown precision 'fp16'" in r.stderr and "Traceback" not in r.output

@@ -229,6 +229,53 @@ def test_optimized_encoder_matches_eager(tiny):
     np.testing.assert_allclose(fast, eager, rtol=1e-5, atol=1e-4)
 
 
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def test_bf16_precision_close_to_fp32_and_keeps_weights(tiny):
+    """bf16 inference: features within a few per cent of fp32, the ranking of images kept, and the
+    model's own encoder weights untouched (the bf16 copy is separate)."""
+    x = torch.stack([natural_like_image(64, 72, seed=s) for s in range(8)])
+    crops = torch.stack([scorer.prepare_image(img, CROP).crops for img in x])
+    m32 = scorer.load(tiny[0], optimize=False)
+    with torch.inference_mode():
+        f32 = m32.features(crops)
+    for optimize in (False, True):
+        m16 = scorer.load(tiny[0], precision="bf16", optimize=optimize)
+        assert m16.precision == "bf16"
+        with torch.inference_mode():
+            f16 = m16.features(crops)
+        assert f16.dtype == torch.float32 and f16.shape == f32.shape
+        assert 0.0 < _rel(f16, f32) < 0.1  # bf16 really ran (not identical), and stayed close
+        r16, r32 = m16.raw_from_crops(crops), m32.raw_from_crops(crops)
+        assert srcc(r16.numpy(), r32.numpy()) > 0.9
+        assert all(p.dtype == torch.float32 for p in m16.encoder.parameters())
+
+
+def test_bf16_batch_equals_per_image(tiny):
+    m16 = scorer.load(tiny[0], precision="bf16")
+    x = torch.stack([natural_like_image(64, 72, seed=s) for s in range(3)])
+    together = m16.score(x, batch_size=3, return_raw=True).raw
+    alone = np.array([m16.score(img, return_raw=True).raw for img in x])
+    np.testing.assert_allclose(together, alone, atol=0.05 * np.abs(alone).max())
+
+
+def test_unknown_precision_is_a_config_error(tiny):
+    from shamisa.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown precision 'fp16'"):
+        scorer.load(tiny[0], precision="fp16")
+
+
+def test_cpu_has_native_bf16_reads_flags(tmp_path):
+    info = tmp_path / "cpuinfo"
+    for flags, expected in (("fpu avx2 avx512_bf16", True), ("fpu amx_bf16 sse", True), ("fpu avx2 avx512f", False)):
+        info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        assert scorer.cpu_has_native_bf16(info) is expected
+    assert scorer.cpu_has_native_bf16(tmp_path / "missing") is False
+
+
 def test_no_tracer_warnings_leak(tmp_path, tiny, recwarn):
     """The optimised encoder is traced before decoding threads start, so its warnings stay silenced."""
     m = scorer.load(tiny[0])

@@ -253,6 +253,11 @@ def score_command(
         help="Images per encoder batch (10 crops each). Default: 1 on the CPU (fastest there), 16 on CUDA.",
     ),
     device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto."),
+    precision: str = typer.Option(
+        "fp32", "--precision",
+        help="Encoder arithmetic: fp32 (the reference) or bf16 (about 3x faster on CPUs with AVX512-BF16/AMX "
+        "and on GPUs; raw scores within ~0.5 MOS points of fp32 on average).",
+    ),
     fmt: OutputFormat | None = typer.Option(
         None, "--format", "-f", help="Output format. Default: from the -o suffix, else table on a terminal, csv otherwise.",
         show_default=False, case_sensitive=False,
@@ -273,7 +278,9 @@ def score_command(
     from shamisa.errors import ShamisaError
 
     try:
-        code = _run_score(paths, recursive, model, batch_size, device, fmt, output, fail_fast, workers, max_side, quiet)
+        code = _run_score(
+            paths, recursive, model, batch_size, device, fmt, output, fail_fast, workers, max_side, quiet, precision
+        )
     except ShamisaError as e:
         raise _user_error(str(e)) from None
     except (typer.Exit, KeyboardInterrupt):
@@ -303,6 +310,7 @@ def _run_score(
     workers: int | None,
     max_side: int,
     quiet: bool,
+    precision: str = "fp32",
 ) -> int:
     import warnings
 
@@ -315,7 +323,13 @@ def _run_score(
     out_fmt = _infer_format(fmt, output)
     if output is not None and output.is_dir():
         raise _user_error(f"{output}: is a folder; -o needs a file name")
-    model = load(model_name, device=device, max_side=max_side)
+    model = load(model_name, device=device, max_side=max_side, precision=precision)
+    if precision == "bf16" and model.device.type == "cpu" and not quiet:
+        from shamisa.scorer import cpu_has_native_bf16
+
+        if not cpu_has_native_bf16():
+            print("warning: this CPU has no native bfloat16 instructions; --precision bf16 will be slower than fp32",
+                  file=sys.stderr)
     items: Any = expand_inputs(paths, recursive)
     total: int | None = None
     if "-" not in paths:
