@@ -61,16 +61,23 @@ def wavelet_levels(h: int, w: int) -> int:
     return max(0, min(J2K_RESOLUTIONS, math.floor(math.log2(max(1, min(h, w)))) + 1) - 1)
 
 
-def _next(t: Tensor, dim: int) -> Tensor:
-    """``t[n + 1]`` along ``dim`` with the last sample repeated (whole-sample symmetric extension)."""
-    n = t.shape[dim]
-    return torch.cat([t.narrow(dim, 1, n - 1), t.narrow(dim, n - 1, 1)], dim=dim)
+def _add_next(d: Tensor, s: Tensor, dim: int, alpha: float) -> None:
+    """``d[n] += alpha * (s[n] + s[n + 1])`` in place along ``dim``, with ``s[N] = s[N - 1]`` (whole-sample
+    symmetric extension): two strided in-place passes, no temporary."""
+    n = s.shape[dim]
+    d.add_(s, alpha=alpha)
+    if n > 1:
+        d.narrow(dim, 0, n - 1).add_(s.narrow(dim, 1, n - 1), alpha=alpha)
+    d.narrow(dim, n - 1, 1).add_(s.narrow(dim, n - 1, 1), alpha=alpha)
 
 
-def _prev(t: Tensor, dim: int) -> Tensor:
-    """``t[n - 1]`` along ``dim`` with the first sample repeated."""
-    n = t.shape[dim]
-    return torch.cat([t.narrow(dim, 0, 1), t.narrow(dim, 0, n - 1)], dim=dim)
+def _add_prev(s: Tensor, d: Tensor, dim: int, alpha: float) -> None:
+    """``s[n] += alpha * (d[n - 1] + d[n])`` in place along ``dim``, with ``d[-1] = d[0]``."""
+    n = d.shape[dim]
+    s.add_(d, alpha=alpha)
+    if n > 1:
+        s.narrow(dim, 1, n - 1).add_(d.narrow(dim, 0, n - 1), alpha=alpha)
+    s.narrow(dim, 0, 1).add_(d.narrow(dim, 0, 1), alpha=alpha)
 
 
 def _split(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
@@ -83,22 +90,28 @@ def _split(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
 def _lift_forward(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
     """One 9/7 analysis step along ``dim`` (-1 or -2, even length): (low, high), each half as long."""
     s, d = _split(x, dim)
-    d.add_(_next(s, dim).add_(s), alpha=_ALPHA)
-    s.add_(_prev(d, dim).add_(d), alpha=_BETA)
-    d.add_(_next(s, dim).add_(s), alpha=_GAMMA)
-    s.add_(_prev(d, dim).add_(d), alpha=_DELTA)
+    _add_next(d, s, dim, _ALPHA)
+    _add_prev(s, d, dim, _BETA)
+    _add_next(d, s, dim, _GAMMA)
+    _add_prev(s, d, dim, _DELTA)
     return s.div_(_K), d.mul_(_K / 2)
 
 
 def _lift_inverse(s: Tensor, d: Tensor, dim: int) -> Tensor:
-    """Inverse of :func:`_lift_forward` (``dim`` -1 or -2)."""
-    s, d = s * _K, d / (_K / 2)
-    s.sub_(_prev(d, dim).add_(d), alpha=_DELTA)
-    d.sub_(_next(s, dim).add_(s), alpha=_GAMMA)
-    s.sub_(_prev(d, dim).add_(d), alpha=_BETA)
-    d.sub_(_next(s, dim).add_(s), alpha=_ALPHA)
-    return torch.stack([s, d], dim=dim).flatten(dim - 1, dim) if dim == -1 else (
-        torch.stack([s, d], dim=-2).flatten(-3, -2))
+    """Inverse of :func:`_lift_forward` (``dim`` -1 or -2); the inputs are left unchanged."""
+    shape = list(s.shape)
+    shape[dim] *= 2
+    out = s.new_empty(shape)
+    # even / odd samples written straight into the interleaved output, then lifted there in place
+    se = out[..., 0::2] if dim == -1 else out[..., 0::2, :]
+    do = out[..., 1::2] if dim == -1 else out[..., 1::2, :]
+    torch.mul(s, _K, out=se)
+    torch.mul(d, 2 / _K, out=do)
+    _add_prev(se, do, dim, -_DELTA)
+    _add_next(do, se, dim, -_GAMMA)
+    _add_prev(se, do, dim, -_BETA)
+    _add_next(do, se, dim, -_ALPHA)
+    return out
 
 
 def dwt2(x: Tensor, levels: int) -> list[Tensor]:
@@ -176,6 +189,17 @@ def laplacian_deadzone_entropy(step_over_scale: Tensor) -> Tensor:
     return -torch.log2(one_minus) - t * torch.log2(t.clamp_min(1e-30)) / one_minus + t
 
 
+#: Bisection steps on log2 of the quantiser step (from a range of 20): resolves the step to 1e-6 relative.
+BISECTION_STEPS = 24
+
+
+def _colour(x: Tensor, matrix: Tensor, bias: Tensor) -> Tensor:
+    """``matrix @ pixel + bias`` for every pixel of (B, 3, H, W), as one batched matrix product."""
+    b, _, h, w = x.shape
+    out = torch.baddbmm(bias.view(1, 3, 1).expand(b, 3, 1), matrix.expand(b, 3, 3), x.reshape(b, 3, h * w))
+    return out.view(b, 3, h, w)
+
+
 def jpeg2000_approx(x: Tensor, ratio: Tensor, rate_scale: float = 1.0) -> Tensor:
     """Approximate lossy JPEG2000 of a batch at per-sample compression ``ratio`` (see the module docstring).
 
@@ -194,13 +218,15 @@ def jpeg2000_approx(x: Tensor, ratio: Tensor, rate_scale: float = 1.0) -> Tensor
     levels = wavelet_levels(h, w)
     m = 2**levels
     ph, pw = (-h) % m, (-w) % m
-    img = x.detach().float().clamp(0, 1).mul(255.0).round_()
-    ycc = torch.einsum("ij,bjhw->bihw", _ICT.to(dev), img - 128.0)
-    if ph or pw:  # mirror-pad to whole wavelet blocks (reflect needs the pad smaller than the side)
-        while ycc.shape[-2] < h + ph or ycc.shape[-1] < w + pw:
-            need_h = min(h + ph - ycc.shape[-2], ycc.shape[-2] - 1)
-            need_w = min(w + pw - ycc.shape[-1], ycc.shape[-1] - 1)
-            ycc = F.pad(ycc, (0, max(0, need_w), 0, max(0, need_h)), mode="reflect")
+    img = x.detach().float().clamp(0, 1).mul_(255.0).round_()
+    if ph or pw:  # mirror-pad to whole wavelet blocks (reflect needs the pad smaller than the side);
+        # the colour transform is per pixel, so padding the 8-bit image first is the same
+        while img.shape[-2] < h + ph or img.shape[-1] < w + pw:
+            need_h = min(h + ph - img.shape[-2], img.shape[-2] - 1)
+            need_w = min(w + pw - img.shape[-1], img.shape[-1] - 1)
+            img = F.pad(img, (0, max(0, need_w), 0, max(0, need_h)), mode="reflect")
+    ict = _ICT.to(dev)
+    ycc = _colour(img, ict, ict.sum(dim=1) * -128.0)  # the ICT of the level-shifted image (pixel - 128)
     bands = dwt2(ycc, levels)
     norms = synthesis_norms(levels, dev)
     # colour: noise in Y, Cb, Cr reaches RGB with these gains (column norms of the inverse ICT)
@@ -208,8 +234,9 @@ def jpeg2000_approx(x: Tensor, ratio: Tensor, rate_scale: float = 1.0) -> Tensor
     # per (image, component, band) Laplacian scale and coefficient count; counts only of the cropped area
     scales, counts, gains = [], [], []
     frac = (h * w) / float(ycc.shape[-2] * ycc.shape[-1])
-    for band, norm in zip(bands, norms, strict=True):
-        scales.append(band.abs().mean(dim=(-2, -1)).flatten(1))  # (B, 3*k)
+    mags = [band.abs() for band in bands]  # reused by the quantiser
+    for band, mag, norm in zip(bands, mags, norms, strict=True):
+        scales.append(mag.mean(dim=(-2, -1)).flatten(1))  # (B, 3*k)
         n_per = band.shape[-2] * band.shape[-1] * frac
         counts.append(torch.full((band.shape[-3] * 3,), n_per, device=dev))
         gains.append((comp_gain[:, None] * norm[None, :]).flatten())  # (3*k,)
@@ -228,18 +255,19 @@ def jpeg2000_approx(x: Tensor, ratio: Tensor, rate_scale: float = 1.0) -> Tensor
 
     lo = torch.full((b,), -4.0, device=dev)  # log2 of the base step
     hi = torch.full((b,), 16.0, device=dev)
-    for _ in range(40):
+    for _ in range(BISECTION_STEPS):
         mid = (lo + hi) / 2
         over = bits(torch.exp2(mid)) > target
         lo = torch.where(over, mid, lo)
         hi = torch.where(over, hi, mid)
     step = torch.exp2(hi)
     out_bands = []
-    for band, norm in zip(bands, norms, strict=True):
+    for band, mag, norm in zip(bands, mags, norms, strict=True):
         g = (comp_gain[:, None] * norm[None, :]).view(1, 3, -1, 1, 1)
-        st = (step.view(-1, 1, 1, 1, 1) / g).expand_as(band)
-        q = torch.floor(band.abs() / st)
-        out_bands.append(torch.where(q > 0, torch.sign(band) * (q + 0.5) * st, torch.zeros_like(band)))
+        st = step.view(-1, 1, 1, 1, 1) / g  # (B, 3, k, 1, 1) steps
+        q = mag.div_(st).floor_()  # dead-zone indices |c| // step (mag is not needed any more)
+        # mid-point reconstruction (|q| + 1/2) * step, zero in the dead zone, with the coefficient's sign
+        out_bands.append(torch.copysign(q.add_(q.clamp_max(1.0), alpha=0.5).mul_(st), band))
     rec = idwt2(out_bands)[..., :h, :w]
-    rgb = torch.einsum("ij,bjhw->bihw", _ICT_INV.to(dev), rec) + 128.0
+    rgb = _colour(rec, _ICT_INV.to(dev), torch.full((3,), 128.0, device=dev))
     return rgb.clamp_(0, 255).round_().div_(255.0).to(dtype)
