@@ -99,19 +99,13 @@ def _lift_forward(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
 
 def _lift_inverse(s: Tensor, d: Tensor, dim: int) -> Tensor:
     """Inverse of :func:`_lift_forward` (``dim`` -1 or -2); the inputs are left unchanged."""
-    shape = list(s.shape)
-    shape[dim] *= 2
-    out = s.new_empty(shape)
-    # even / odd samples written straight into the interleaved output, then lifted there in place
-    se = out[..., 0::2] if dim == -1 else out[..., 0::2, :]
-    do = out[..., 1::2] if dim == -1 else out[..., 1::2, :]
-    torch.mul(s, _K, out=se)
-    torch.mul(d, 2 / _K, out=do)
-    _add_prev(se, do, dim, -_DELTA)
-    _add_next(do, se, dim, -_GAMMA)
-    _add_prev(se, do, dim, -_BETA)
-    _add_next(do, se, dim, -_ALPHA)
-    return out
+    s, d = s * _K, d * (2 / _K)  # contiguous working copies: in-place lifting on them is fastest
+    _add_prev(s, d, dim, -_DELTA)
+    _add_next(d, s, dim, -_GAMMA)
+    _add_prev(s, d, dim, -_BETA)
+    _add_next(d, s, dim, -_ALPHA)
+    return torch.stack([s, d], dim=dim).flatten(dim - 1, dim) if dim == -1 else (
+        torch.stack([s, d], dim=-2).flatten(-3, -2))
 
 
 def dwt2(x: Tensor, levels: int) -> list[Tensor]:
