@@ -234,8 +234,8 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_bf16_precision_close_to_fp32_and_keeps_weights(tiny):
-    """bf16 inference: features within a few per cent of fp32, the ranking of images kept, and the
-    model's own encoder weights untouched (the bf16 copy is separate)."""
+    """bf16 inference: features and raw predictions within a few per cent of fp32, and the model's own
+    encoder weights untouched (the bf16 copy is separate)."""
     x = torch.stack([natural_like_image(64, 72, seed=s) for s in range(8)])
     crops = torch.stack([scorer.prepare_image(img, CROP).crops for img in x])
     m32 = scorer.load(tiny[0], optimize=False)
@@ -248,8 +248,8 @@ def test_bf16_precision_close_to_fp32_and_keeps_weights(tiny):
             f16 = m16.features(crops)
         assert f16.dtype == torch.float32 and f16.shape == f32.shape
         assert 0.0 < _rel(f16, f32) < 0.1  # bf16 really ran (not identical), and stayed close
-        r16, r32 = m16.raw_from_crops(crops), m32.raw_from_crops(crops)
-        assert srcc(r16.numpy(), r32.numpy()) > 0.9
+        r16, r32 = m16.raw_from_crops(crops).numpy(), m32.raw_from_crops(crops).numpy()
+        assert np.abs(r16 - r32).max() < 0.03 * np.abs(r32).mean()
         assert all(p.dtype == torch.float32 for p in m16.encoder.parameters())
 
 
