@@ -99,7 +99,7 @@ def test_checkpoint_from_before_a_new_key_still_resumes(tiny_run) -> None:
 
     cfg, _ = tiny_run
     current = config_to_dict(cfg)
-    older = {k: v for k, v in current.items() if k not in ("encoder_lr_scale", "jpeg2000_impl")}
+    older = {k: v for k, v in current.items() if k not in ("encoder_lr_scale", "jpeg2000_impl", "encoder_freeze_steps")}
     _check_resumable(older, current)  # the missing keys take their defaults, which the run uses
     with pytest.raises(ConfigError, match="jpeg2000_impl"):
         _check_resumable(older, config_to_dict(apply_overrides(cfg, ["jpeg2000_impl=approx"])))
@@ -305,6 +305,28 @@ def test_encoder_lr_scale_puts_the_encoder_in_its_own_group(tmp_path) -> None:
     assert len(param_groups(model, tiny_cfg(tmp_path, "run2"))) == 1
     with pytest.raises(ConfigError, match="encoder_lr_scale"):
         tiny_cfg(tmp_path, "run3", "encoder_lr_scale=0")
+
+
+def test_encoder_freeze_steps_train_only_the_projector_first(tmp_path) -> None:
+    """While frozen the encoder's parameters stay at their initial values (batch-norm statistics may
+    still update) and the projector moves; from the first unfrozen step the encoder moves too."""
+    from shamisa.train import build_model, pretrain
+
+    def params(run: Path, prefix: str) -> dict[str, torch.Tensor]:
+        w = load_file(str(run / "ckpt" / "last.safetensors"))
+        return {k: w[k] for k in names if k.startswith(prefix)}
+
+    names = {n for n, _ in build_model(tiny_cfg(tmp_path, "probe")).named_parameters()}
+    frozen2 = pretrain(tiny_cfg(tmp_path, "f2s2", "max_steps=2", "encoder_freeze_steps=2"))
+    frozen1 = pretrain(tiny_cfg(tmp_path, "f1s1", "max_steps=1", "encoder_freeze_steps=1"))
+    moving = pretrain(tiny_cfg(tmp_path, "f1s2", "max_steps=2", "encoder_freeze_steps=1"))
+    enc2, enc1, enc_moving = (params(r, "encoder.") for r in (frozen2, frozen1, moving))
+    assert enc2 and all(torch.equal(enc2[k], enc1[k]) for k in enc2)  # both still the initial encoder
+    assert any(not torch.equal(enc2[k], enc_moving[k]) for k in enc2)
+    proj2, proj1 = params(frozen2, "projector."), params(frozen1, "projector.")
+    assert proj2 and any(not torch.equal(proj2[k], proj1[k]) for k in proj2)
+    with pytest.raises(ConfigError, match="encoder_freeze_steps"):
+        tiny_cfg(tmp_path, "bad", "encoder_freeze_steps=-1")
 
 
 def test_pretrain_with_the_jpeg2000_approximation(tmp_path, monkeypatch) -> None:

@@ -225,15 +225,25 @@ def build_model(cfg: PretrainConfig) -> PretrainModel:
 
 
 def param_groups(model: PretrainModel, cfg: PretrainConfig) -> list[dict[str, Any]]:
-    """Trainable parameters as SGD groups: one group at ``lr``, or, with ``encoder_lr_scale != 1``, the
-    projector/prototypes at ``lr`` (first group, the one logged) and the encoder at ``lr * encoder_lr_scale``."""
+    """Trainable parameters as SGD groups: one group at ``lr``, or, with ``encoder_lr_scale != 1`` or
+    ``encoder_freeze_steps > 0``, the projector/prototypes at ``lr`` (first group, the one logged) and the
+    encoder at ``lr * encoder_lr_scale`` (second group; see :func:`freeze_encoder_lr`)."""
     trainable = [p for p in model.parameters() if p.requires_grad]
-    if cfg.encoder_lr_scale == 1.0:
+    if cfg.encoder_lr_scale == 1.0 and cfg.encoder_freeze_steps == 0:
         return [{"params": trainable}]
     encoder_ids = {id(p) for p in model.encoder.parameters()}
     head = [p for p in trainable if id(p) not in encoder_ids]
     enc = [p for p in trainable if id(p) in encoder_ids]
     return [{"params": head}, {"params": enc, "lr": cfg.lr * cfg.encoder_lr_scale}]
+
+
+def freeze_encoder_lr(opt: torch.optim.Optimizer, cfg: PretrainConfig, step: int) -> None:
+    """Linear-probe-then-fine-tune warm-up: while ``step < encoder_freeze_steps`` (0-based, after the
+    scheduler has set this step's rates) the encoder group's lr is 0, so only the projector and the
+    prototypes move and the encoder starts adapting under a trained projector rather than a random one.
+    SGD's momentum buffers still see the encoder's gradients, as they would with a tiny lr."""
+    if step < cfg.encoder_freeze_steps and len(opt.param_groups) > 1:
+        opt.param_groups[1]["lr"] = 0.0
 
 
 def set_train_mode(model: nn.Module, bn_mode: str) -> None:
@@ -702,6 +712,7 @@ def _pretrain(cfg: PretrainConfig, t_start: float) -> Path:
                 loader = make_loader(dataset, cfg, info, epoch, step_in_epoch * cfg.grad_accum, device.type == "cuda")
                 loader_epoch = epoch
             sched.step(epoch + step_in_epoch / steps_per_epoch)
+            freeze_encoder_lr(opt, cfg, step)
             torch.manual_seed(_mix_seed(cfg.seed, 1_000_003 + info.rank, step))
             opt.zero_grad(set_to_none=True)
             t_data = t_fwd = t_bwd = 0.0
