@@ -47,6 +47,8 @@ def test_cpu_preset_holds_out_kodak_and_caps_time() -> None:
     assert "kodak24" in cfg.exclude_dirs
     assert cfg.max_minutes is not None and cfg.max_minutes <= 60
     assert cfg.device == "cpu" and cfg.amp in {"bf16", "off"}
+    # the projector warm-up: a third of the 259-step epoch, then the encoder at a reduced lr
+    assert 0 < cfg.encoder_freeze_steps < 259 and 0 < cfg.encoder_lr_scale < 1
 
 
 def test_tiny_preset_is_small() -> None:
