@@ -5,8 +5,8 @@ Usage::
     python bench/score_precision.py --root /data/ChallengeDB_release --threads 2
 
 For every CLIVE image the scorer's protocol features (5 crops x 2 scales, ``QualityModel.features``)
-are computed twice, with ``precision="fp32"`` and ``precision="bf16"`` (cached as .npy under
-``--cache``). Reported:
+are computed twice, with ``precision="fp32"`` and ``precision="bf16"`` (cached under ``--cache``
+with :func:`shamisa.probe.cached_array`, keyed by the encoder weights, the image list and the precision). Reported:
 
 * the shipped head's raw predictions (CLIVE MOS scale, 0-100) in bf16 against fp32: mean / 99th
   percentile / largest absolute difference, and the rank correlation between the two;
@@ -52,17 +52,17 @@ def _features(model, paths: list[str], batch: int) -> np.ndarray:
     return np.concatenate(out)
 
 
-def _cached(cache: Path, name: str, compute) -> np.ndarray:
-    f = cache / f"{name}.npy"
-    if f.is_file():
-        return np.load(f)
-    a = compute()
-    cache.mkdir(parents=True, exist_ok=True)
-    np.save(f, a)
-    return a
-
-
 def main() -> int:
+    from shamisa.errors import ShamisaError
+
+    try:
+        return _main()
+    except ShamisaError as e:  # missing dataset, bad model file, ...: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def _main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", type=Path, required=True, help="CLIVE folder (ChallengeDB_release)")
     ap.add_argument("--model", default="default")
@@ -78,6 +78,7 @@ def main() -> int:
     from shamisa.datasets import load_dataset, make_splits
     from shamisa.fileio import atomic_write_json
     from shamisa.metrics import plcc, srcc
+    from shamisa.probe import cached_array, feature_cache_key
     from shamisa.regression import alpha_grid, fit_ridge, select_alpha
     from shamisa.scorer import cpu_has_native_bf16, load
 
@@ -87,12 +88,16 @@ def main() -> int:
     y = np.asarray(ds.scores, dtype=np.float64)
     if args.limit:
         paths, y = paths[: args.limit], y[: args.limit]
-    feats = {}
+    feats, models = {}, {}
     for precision in ("fp32", "bf16"):
-        model = load(args.model, device="cpu", precision=precision)
-        feats[precision] = _cached(args.cache, f"{args.model}-{precision}-{len(paths)}",
-                                   lambda m=model: _features(m, paths, args.batch))
-    model = load(args.model, device="cpu")
+        m = models[precision] = load(args.model, device="cpu", precision=precision)
+        key = feature_cache_key(m.encoder, paths, dataset_name="clive-scorer-" + precision, crop=m.crop,
+                                amp=precision == "bf16")
+        feats[precision] = cached_array(
+            args.cache, key, stem=f"score-precision-{precision}", shape=(len(paths), 5, 2 * m.encoder.feature_dim),
+            compute=lambda m=m: _features(m, paths, args.batch),
+        )[0].astype(np.float64)
+    model = models["fp32"]
     coef = model.coef.double().numpy()
     b = float(model.intercept)
     raw = {k: (f @ coef + b).mean(axis=1) for k, f in feats.items()}

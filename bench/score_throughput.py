@@ -82,12 +82,6 @@ def _memory_child(args: argparse.Namespace) -> dict:
             "rss_after_load_mb": round(rss_loaded, 1), "images": len(paths)}
 
 
-def _native_bf16() -> bool:
-    from shamisa.scorer import cpu_has_native_bf16
-
-    return cpu_has_native_bf16()
-
-
 def _vm(key: str) -> float:
     """A /proc/self/status memory field in MB. VmHWM (peak RSS) is used rather than ru_maxrss, which
     Linux carries over from the parent across fork + exec."""
@@ -118,6 +112,8 @@ def main() -> int:
 
     import numpy as np
     import torch
+
+    from shamisa.scorer import cpu_has_native_bf16
 
     torch.set_num_threads(args.threads)
     modes = [m for m in args.modes.split(",") if m]
@@ -161,7 +157,7 @@ def main() -> int:
     report = {
         "command": "python bench/score_throughput.py " + " ".join(sys.argv[1:]),
         "machine": f"{platform.machine()}, {os.cpu_count()} logical CPUs shared with other jobs",
-        "cpu_native_bf16": _native_bf16(),
+        "cpu_native_bf16": cpu_has_native_bf16(),
         "torch_threads": args.threads,
         "batch_size": args.batch_size,
         "workers": args.workers,

@@ -671,16 +671,17 @@ class QualityModel(nn.Module):
         bf16 = self.precision == "bf16"
         if not bf16 and (not self.optimize or x.device.type != "cpu"):
             return self.encoder
-        key = (tuple(x.shape[1:]), x.device.type, self.precision, self.optimize)
-        cached = self.__dict__.get("_frozen")
-        if cached is not None and cached[0] == key:
+        cached = self.__dict__.get("_frozen")  # cleared by .to() / .cuda() (see _apply)
+        if cached is not None and cached[0] == tuple(x.shape[1:]):
             return cached[1]
-        fast: Any = self.encoder
-        if bf16:
-            fast = _Bf16Encoder(self.encoder, x.device.type)
+        fast: Any = _Bf16Encoder(self.encoder, x.device.type) if bf16 else self.encoder
         if self.optimize and x.device.type == "cpu":
-            fast = _traced_for_inference(fast, x, fold=not bf16) or fast
-        self.__dict__["_frozen"] = (key, fast)
+            traced = _traced_for_inference(fast, x, fold=not bf16)
+            if traced is None:  # tracing failed: eager mode from now on, without retrying for other shapes
+                self.optimize = False
+            else:
+                fast = traced
+        self.__dict__["_frozen"] = (tuple(x.shape[1:]), fast)
         return fast
 
     # -- properties
