@@ -113,6 +113,29 @@ def test_batch_equals_per_image(name, batch):
         torch.testing.assert_close(whole[i : i + 1], one, atol=2e-5, rtol=0)
 
 
+@pytest.mark.parametrize("name", ["jpeg2000", "jitter", "colordiff"])
+def test_chunked_batches_equal_one_call(name, monkeypatch):
+    """On the CPU a batch is processed in chunks (per-type sizes in CHUNK_SIZES): the result is that of one
+    call on the whole batch."""
+    from shamisa.distortions import registry
+    from shamisa.distortions.codecs import set_jpeg2000_impl
+
+    monkeypatch.delenv("SHAMISA_JPEG2000", raising=False)
+    set_jpeg2000_impl("approx")
+    try:
+        x = torch.rand(7, 3, 40, 36, generator=torch.Generator().manual_seed(5))
+        v = torch.tensor([LEVELS[name][i % 5] for i in range(7)], dtype=torch.float64)
+        seeds = torch.arange(100, 107)
+        monkeypatch.setattr(registry, "CHUNK_SIZE", 64)
+        monkeypatch.setattr(registry, "CHUNK_SIZES", {})
+        whole = apply_distortion(x, name, v, seeds=seeds)
+        monkeypatch.setattr(registry, "CHUNK_SIZE", 2)
+        monkeypatch.setattr(registry, "CHUNK_SIZES", {name: 3})
+        torch.testing.assert_close(apply_distortion(x, name, v, seeds=seeds), whole, atol=2e-5, rtol=0)
+    finally:
+        set_jpeg2000_impl("openjpeg")
+
+
 def test_generator_consumes_one_seed_per_sample(batch):
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     apply_distortion(batch, "gaublur", torch.ones(3), g1)

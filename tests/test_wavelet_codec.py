@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from shamisa.distortions import apply_distortion
+from shamisa.distortions import wavelet_codec as wc
 from shamisa.distortions.codecs import has_jpeg2000, jpeg2000_impl, jpeg2000_pillow, set_jpeg2000_impl
 from shamisa.distortions.levels import LEVELS
 from shamisa.distortions.wavelet_codec import (
@@ -43,21 +44,70 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return 10 * torch.log10(1 / ((a - b) ** 2).mean(dim=(1, 2, 3)))
 
 
-def test_wavelet_reconstructs_perfectly() -> None:
-    x = torch.rand(2, 3, 64, 96, dtype=torch.float64)
-    bands = dwt2(x, 5)
-    shapes = [(3, 32, 48), (3, 16, 24), (3, 8, 12), (3, 4, 6), (3, 2, 3), (1, 2, 3)]
-    assert [tuple(b.shape[-3:]) for b in bands] == shapes
+@pytest.mark.parametrize(("h", "w"), [(64, 96), (45, 77), (224, 224)])
+def test_wavelet_reconstructs_perfectly(h: int, w: int) -> None:
+    levels = wavelet_levels(h, w)
+    x = torch.rand(2, 3, h, w, dtype=torch.float64)
+    bands = dwt2(x, levels)
+    # every level halves each side, the low-pass half taking the odd sample: ceil(N / 2) low, floor high
+    side_h, side_w = h, w
+    for lh, hl, hh in bands[:-1]:
+        lo_h, lo_w = (side_h + 1) // 2, (side_w + 1) // 2
+        assert lh.shape[-2:] == (side_h // 2, lo_w) and hl.shape[-2:] == (lo_h, side_w // 2)
+        assert hh.shape[-2:] == (side_h // 2, side_w // 2)
+        side_h, side_w = lo_h, lo_w
+    assert bands[-1][0].shape == (2, 3, side_h, side_w)
     torch.testing.assert_close(idwt2(bands), x, rtol=0, atol=1e-12)
+
+
+def test_wavelet_matches_a_direct_symmetric_extension() -> None:
+    """One analysis step equals the 9/7 lifting written out on an explicitly mirrored signal (odd and even
+    lengths): the in-place boundary handling is the whole-sample symmetric extension."""
+    pad, k = 6, 1.230174104914001
+    for n in (9, 10):
+        x = torch.rand(1, n, dtype=torch.float64)
+        low, high = wc._lift_forward(x.clone(), -1)
+        v = torch.cat([x[0, 1 : pad + 1].flip(0), x[0], x[0, -pad - 1 : -1].flip(0)]).tolist()
+        for coef, parity in ((-1.586134342059924, 1), (-0.052980118572961, 0), (0.882911075530934, 1),
+                             (0.443506852043971, 0)):
+            for i in range(1, len(v) - 1):
+                if (i - pad) % 2 == parity:
+                    v[i] += coef * (v[i - 1] + v[i + 1])
+        expect_low = [v[i] / k for i in range(pad, pad + n, 2)]
+        expect_high = [v[i] * k / 2 for i in range(pad + 1, pad + n, 2)]
+        assert low.shape == (1, (n + 1) // 2) and high.shape == (1, n // 2)
+        torch.testing.assert_close(low[0], torch.tensor(expect_low, dtype=torch.float64), rtol=0, atol=1e-12)
+        torch.testing.assert_close(high[0], torch.tensor(expect_high, dtype=torch.float64), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("n", [7, 8, 28, 45])
+def test_level_matrices_are_the_lifting(n: int) -> None:
+    """The coarse levels' matrices give the lifting's coefficients and invert each other (odd and even n)."""
+    x = torch.rand(3, n, dtype=torch.float64)
+    low, high = wc._lift_forward(x.clone(), -1)
+    coef = x @ wc.level_matrix(n, dtype=torch.float64).t()
+    torch.testing.assert_close(coef, torch.cat([low, high], -1), rtol=0, atol=1e-12)
+    back = coef @ wc.level_matrix(n, inverse=True, dtype=torch.float64).t()
+    torch.testing.assert_close(back, x, rtol=0, atol=1e-12)
+
+
+def test_the_pyramid_is_the_same_with_and_without_matrices(monkeypatch) -> None:
+    x = torch.rand(2, 3, 224, 200, dtype=torch.float64)
+    with_matrices = wc.dwt2(x, 7)
+    monkeypatch.setattr(wc, "MATRIX_SIDE", 0)
+    lifted = wc.dwt2(x, 7)
+    for a, b in zip(itertools.chain(*with_matrices), itertools.chain(*lifted), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+    torch.testing.assert_close(wc.idwt2(with_matrices), x, rtol=0, atol=1e-10)
 
 
 def test_synthesis_norms_equal_the_2d_basis_norms() -> None:
     levels, size = 3, 64
     zero = dwt2(torch.zeros(1, size, size, dtype=torch.float64), levels)
-    for i, (band, norms) in enumerate(zip(zero, synthesis_norms(levels), strict=True)):
-        for k in range(band.shape[-3]):
-            probe = [b.clone() for b in zero]
-            probe[i][0, k, band.shape[-2] // 2, band.shape[-1] // 2] = 1.0
+    for i, (level, norms) in enumerate(zip(zero, synthesis_norms(levels), strict=True)):
+        for k, band in enumerate(level):
+            probe = [[b.clone() for b in lev] for lev in zero]
+            probe[i][k][0, band.shape[-2] // 2, band.shape[-1] // 2] = 1.0
             assert float(idwt2(probe).norm()) == pytest.approx(float(norms[k]), rel=1e-5)
 
 
@@ -85,7 +135,7 @@ def test_output_range_batch_and_determinism() -> None:
     for i in range(4):
         torch.testing.assert_close(jpeg2000_approx(x[i : i + 1], ratios[i : i + 1]), y[i : i + 1], rtol=0, atol=1e-6)
     assert torch.equal(jpeg2000_approx(x, ratios), y)
-    odd = torch.rand(2, 3, 45, 77)  # not a multiple of 2**levels: mirror-padded and cropped back
+    odd = torch.rand(2, 3, 45, 77)  # odd sides: the wavelet splits them unevenly
     assert jpeg2000_approx(odd, torch.tensor([20.0, 40.0])).shape == odd.shape
 
 
