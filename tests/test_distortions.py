@@ -136,6 +136,48 @@ def test_chunked_batches_equal_one_call(name, monkeypatch):
         set_jpeg2000_impl("openjpeg")
 
 
+def _agree_up_to_rounding(a: torch.Tensor, b: torch.Tensor) -> None:
+    """Equal up to float rounding: different batch shapes may round a matrix product differently, which can
+    flip an 8-bit rounding (1/255) for a rare value."""
+    diff = (a - b).abs()
+    assert float(diff.max()) <= 1 / 255 + 1e-6
+    assert float((diff > 2e-5).float().mean()) < 1e-3
+
+
+@pytest.mark.parametrize(
+    ("name", "jpeg2000"), [(n, "openjpeg") for n in DISTORTION_NAMES] + [("jpeg2000", "approx")]
+)
+def test_levels_of_shared_images_equal_the_repeated_batch(name, jpeg2000, batch, monkeypatch):
+    """apply_levels (the varying slot: image-only work done once) gives what apply_distortion gives on the
+    batch repeated once per level, and draws the same seeds."""
+    from shamisa.distortions import apply_levels
+    from shamisa.distortions.codecs import set_jpeg2000_impl
+
+    monkeypatch.delenv("SHAMISA_JPEG2000", raising=False)
+    set_jpeg2000_impl(jpeg2000)
+    try:
+        values = torch.tensor(LEVELS[name], dtype=torch.float64)
+        g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+        levels = apply_levels(batch, name, values, g1)
+        repeated = apply_distortion(batch.repeat(5, 1, 1, 1), name, values.repeat_interleave(3), g2)
+        assert levels.shape == (15, 3, H, W) and levels.dtype == batch.dtype
+        _agree_up_to_rounding(levels, repeated)
+        assert torch.equal(torch.rand(4, generator=g1), torch.rand(4, generator=g2))
+    finally:
+        set_jpeg2000_impl("openjpeg")
+
+
+def test_apply_levels_checks_its_inputs(batch):
+    from shamisa.distortions import apply_levels
+
+    with pytest.raises(ValueError, match="seeds"):
+        apply_levels(batch, "colorsat2", torch.tensor([0.5, 1.5]), seeds=torch.arange(5))
+    with pytest.raises(ValueError, match="shape"):
+        apply_levels(batch[0], "colorsat2", torch.tensor([0.5]))
+    with pytest.raises(UnknownDistortionError):
+        apply_levels(batch, "colourstat", torch.tensor([0.5]))
+
+
 def test_generator_consumes_one_seed_per_sample(batch):
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     apply_distortion(batch, "gaublur", torch.ones(3), g1)

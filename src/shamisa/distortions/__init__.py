@@ -34,6 +34,7 @@ from shamisa.distortions.registry import (
     DistortionSpec,
     UnknownDistortionError,
     apply_distortion,
+    apply_levels,
     draw_seeds,
     get_spec,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "StructuredBatch",
     "UnknownDistortionError",
     "apply_distortion",
+    "apply_levels",
     "build_structured_batch",
     "collate_structured",
     "draw_seeds",

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from shamisa.distortions.levels import DISTORTION_NAMES
 from shamisa.distortions.memory import keep_heap
-from shamisa.distortions.registry import apply_distortion
+from shamisa.distortions.registry import apply_distortion, apply_levels
 from shamisa.distortions.sampler import Compositions
 from shamisa.images import half_scale
 
@@ -139,8 +139,9 @@ def build_structured_batch(
         vals = comps.values[f]  # (L, S)
         prefix = [(names[j], vals[0, j].expand(v)) for j in range(vs)]
         x = _apply_chain(views, prefix, generator)
-        x = x.repeat(n_l, 1, 1, 1)  # (L * 2R, ...), level-major
-        rest = [(names[j], vals[:, j].repeat_interleave(v)) for j in range(vs, n)]
+        # the varying slot on the shared prefix: (L * 2R, ...), level-major; its level-independent work once
+        x = apply_levels(x, names[vs], vals[:, vs], generator)
+        rest = [(names[j], vals[:, j].repeat_interleave(v)) for j in range(vs + 1, n)]
         x = _apply_chain(x, rest, generator)
         dist[:, f] = x.view(n_l, v, c, h, w).transpose(0, 1)
     return StructuredBatch(

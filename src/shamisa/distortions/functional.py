@@ -440,10 +440,14 @@ def motionblur(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
 
 def colordiff(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
     """Colour diffusion: Lab chroma (a, b) blurred with sigma ``1.5 v + 2`` and scaled by ``v``."""
-    lab = _rgb_to_lab(x)
+    return _colordiff_finish(_rgb_to_lab(x), x, v, seeds)
+
+
+def _colordiff_finish(lab: Tensor, x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
     sigma = 1.5 * v.detach().double().cpu() + 2.0
-    lab[:, 1:3] = sep_filter(lab[:, 1:3], gaussian_kernels(sigma)).mul_(_col(v, x))
-    return _quantize_down(_lab_to_rgb(lab))
+    out = lab.clone()
+    out[:, 1:3] = sep_filter(lab[:, 1:3], gaussian_kernels(sigma)).mul_(_col(v, x))
+    return _quantize_down(_lab_to_rgb(out))
 
 
 def _percentile_lower(e: Tensor, q: float) -> Tensor:
@@ -456,6 +460,12 @@ def _percentile_lower(e: Tensor, q: float) -> Tensor:
 def colorshift(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
     """Colour shift: the green channel is displaced by ``v`` pixels in a random (down/right) direction and
     blended in where the image has edges (smoothed gradient magnitude, 1 %/99 % percentile-clipped)."""
+    return _colorshift_finish(_edge_weight(x), x, v, seeds)
+
+
+def _edge_weight(x: Tensor) -> Tensor:
+    """colorshift's blending weight (B, 1, H, W): smoothed gradient magnitude of the luma, min-max normalised
+    and clipped to its 1 % and 99 % percentiles."""
     b, _, h, w = x.shape
     gray = _mix3(x, ((0.299, 0.587, 0.114),) * 3)[:, :1]
     gp = F.pad(gray, (1, 1, 1, 1), mode="replicate")
@@ -469,7 +479,11 @@ def colorshift(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
     flat = torch.where((mx > mn)[:, None], (flat - mn[:, None]) / rng[:, None], flat)
     hi = _percentile_lower(flat, 0.99)
     lo = 1 - _percentile_lower(1 - flat, 0.99)
-    e = torch.maximum(torch.minimum(flat, hi[:, None]), lo[:, None]).view(b, 1, h, w)
+    return torch.maximum(torch.minimum(flat, hi[:, None]), lo[:, None]).view(b, 1, h, w)
+
+
+def _colorshift_finish(e: Tensor, x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
+    b, _, h, w = x.shape
     gens = _gens(seeds, b)
     a = torch.stack([torch.rand(2, generator=g, dtype=torch.float64) for g in gens])
     a = a / a.norm(dim=1, keepdim=True).clamp_min(1e-12)
@@ -495,9 +509,13 @@ def colorsat1(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
 
 def colorsat2(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
     """Lab chroma (a, b) multiplied by ``v``."""
-    lab = _rgb_to_lab(x)
-    lab[:, 1:3] *= _col(v, x)
-    return _quantize_down(_lab_to_rgb(lab))
+    return _colorsat2_finish(_rgb_to_lab(x), x, v, seeds)
+
+
+def _colorsat2_finish(lab: Tensor, x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
+    out = lab.clone()
+    out[:, 1:3] *= _col(v, x)
+    return _quantize_down(_lab_to_rgb(out))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -508,11 +526,24 @@ def colorsat2(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
 def jpeg2000(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
     """JPEG2000 at compression ratio ``v`` (rate mode): OpenJPEG, or the labelled wavelet approximation
     when :func:`shamisa.distortions.codecs.set_jpeg2000_impl` chose ``"approx"``."""
-    if jpeg2000_impl() == "approx":
-        from shamisa.distortions.wavelet_codec import jpeg2000_approx
+    return _jpeg2000_finish(_jpeg2000_prepare(x), x, v, seeds)
 
-        return jpeg2000_approx(x, v)
-    return jpeg2000_pillow(x, v)
+
+def _jpeg2000_prepare(x: Tensor) -> object | None:
+    """The approximation's analysis of ``x`` (what does not depend on the ratio); None for the real codec."""
+    if jpeg2000_impl() == "approx":
+        from shamisa.distortions.wavelet_codec import jpeg2000_analysis
+
+        return jpeg2000_analysis(x)
+    return None
+
+
+def _jpeg2000_finish(state: object | None, x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
+    if state is None:
+        return jpeg2000_pillow(x, v)
+    from shamisa.distortions.wavelet_codec import jpeg2000_synthesis
+
+    return jpeg2000_synthesis(state, v)  # type: ignore[arg-type]
 
 
 def jpeg(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
@@ -561,10 +592,14 @@ def multnoise(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
 
 def brighten(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
     """Brighten: tone curve through (0.5, 0.5 + v/2) on RGB, averaged 2:1 with the same curve on Lab L*."""
+    return _brighten_finish(_rgb_to_lab(x), x, v, seeds)
+
+
+def _brighten_finish(lab: Tensor, x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
     mid = _col(0.5 + v / 2, x)
-    lab = _rgb_to_lab(x)
-    lab[:, :1] = parabola_curve(lab[:, :1] / 100.0, mid).mul_(100.0)
-    return parabola_curve(x, mid).mul_(2).add_(_lab_to_rgb(lab)).div_(3)
+    out = lab.clone()
+    out[:, :1] = parabola_curve(lab[:, :1] / 100.0, mid).mul_(100.0)
+    return parabola_curve(x, mid).mul_(2).add_(_lab_to_rgb(out)).div_(3)
 
 
 def darken(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
@@ -705,13 +740,23 @@ SHARPEN_HALF = 6
 
 def highsharpen(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
     """Unsharp masking of Lab L*: ``L + v (L - G*L)`` with a 13x13 Gaussian of sigma 6."""
+    return _highsharpen_finish(_highsharpen_prepare(x), x, v, seeds)
+
+
+def _highsharpen_prepare(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Lab of ``x`` and its L* detail ``L - G*L``."""
     b = x.shape[0]
     lab = _rgb_to_lab(x)
     lum = lab[:, :1]
     k = gaussian_kernels(torch.full((1,), SHARPEN_SIGMA), torch.full((1,), SHARPEN_HALF)).expand(b, -1)
-    detail = torch.sub(lum, sep_filter(lum, k)).mul_(_col(v, x))
-    lab[:, :1] = detail.add_(lum)
-    return _lab_to_rgb(lab)
+    return lab, torch.sub(lum, sep_filter(lum, k))
+
+
+def _highsharpen_finish(state: tuple[Tensor, Tensor], x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
+    lab, detail = state
+    out = lab.clone()
+    out[:, :1] = detail.mul(_col(v, x)).add_(lab[:, :1])
+    return _lab_to_rgb(out)
 
 
 def lincontrchangeneg(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
@@ -728,3 +773,17 @@ def nonlincontrchange(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tens
     """Non-linear contrast change: the range [0, 1] is remapped affinely onto [0.5 - v, 0.5 + v]."""
     vv = _col(v, x)
     return torch.minimum(torch.maximum(0.5 - vv + 2 * vv * x, 0.5 - vv), 0.5 + vv)
+
+
+#: Types whose work splits into a part that depends on the image only and a part that depends on the value:
+#: ``name: (prepare(x) -> state, finish(state, x, v, seeds) -> y)`` with ``fn(x, v, seeds) ==
+#: finish(prepare(x), x, v, seeds)``. :func:`shamisa.distortions.registry.apply_levels` uses them to run the
+#: first part once for all the levels of the varying slot of a structured batch.
+SHARED_STAGES: dict[str, tuple[Callable[[Tensor], object], Callable[..., Tensor]]] = {
+    "colordiff": (_rgb_to_lab, _colordiff_finish),
+    "colorshift": (_edge_weight, _colorshift_finish),
+    "colorsat2": (_rgb_to_lab, _colorsat2_finish),
+    "jpeg2000": (_jpeg2000_prepare, _jpeg2000_finish),
+    "brighten": (_rgb_to_lab, _brighten_finish),
+    "highsharpen": (_highsharpen_prepare, _highsharpen_finish),
+}

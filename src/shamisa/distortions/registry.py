@@ -186,3 +186,63 @@ def apply_distortion(
         else:
             out[i : i + chunk] = yc.clamp(0.0, 1.0)
     return out
+
+
+def apply_levels(
+    x: torch.Tensor,
+    name: str,
+    values: torch.Tensor,
+    generator: torch.Generator | None = None,
+    *,
+    seeds: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Apply one type to the same images at several values: the varying slot of a structured batch.
+
+    Equal to ``apply_distortion(x.repeat(L, 1, 1, 1), name, values.repeat_interleave(B), generator)`` (the
+    same ``L * B`` seeds are drawn, level-major), but for the types in
+    :data:`shamisa.distortions.functional.SHARED_STAGES` the part of the work that depends on the image only
+    (the Lab conversion of the Lab-based types, colorshift's edge map, the JPEG2000 approximation's wavelet
+    analysis) is done once per image instead of once per level.
+
+    Args:
+        x: (B, 3, H, W) float images in [0, 1].
+        name: type name.
+        values: (L,) parameter values, one per level.
+        generator: CPU generator for the per-sample seeds.
+        seeds: (L * B,) seeds to use instead (level-major).
+
+    Returns:
+        (L * B, 3, H, W), level-major (row ``l * B + i`` is image ``i`` at ``values[l]``), clamped to [0, 1].
+    """
+    spec = get_spec(name)
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(x.shape)}")
+    b = x.shape[0]
+    vals = torch.as_tensor(values, dtype=torch.float64).detach().cpu().double().reshape(-1)
+    n_l = vals.numel()
+    if seeds is None:
+        seeds = draw_seeds(n_l * b, generator)
+    seeds = torch.as_tensor(seeds, dtype=torch.int64).cpu().reshape(-1)
+    if seeds.numel() != n_l * b:
+        raise ValueError(f"expected {n_l * b} seeds, got {seeds.numel()}")
+    stages = Fn.SHARED_STAGES.get(spec.name)
+    if stages is None or b == 0 or n_l == 0:
+        return apply_distortion(x.repeat(n_l, 1, 1, 1), name, vals.repeat_interleave(b), seeds=seeds)
+    prepare, finish = stages
+    seeds = seeds.view(n_l, b)
+    dtype = x.dtype
+    xf = x if dtype in (torch.float32, torch.float64) else x.float()
+    out = torch.empty((n_l * b, *x.shape[1:]), dtype=dtype, device=x.device)
+    chunk = CHUNK_SIZES.get(name, CHUNK_SIZE) if xf.device.type == "cpu" else b
+    for i in range(0, b, chunk):
+        xc = xf[i : i + chunk]
+        n = xc.shape[0]
+        state = prepare(xc)
+        for lev in range(n_l):
+            y = finish(state, xc, vals[lev].expand(n), seeds[lev, i : i + n])
+            dst = out[lev * b + i : lev * b + i + n]
+            if y.dtype == dtype:
+                torch.clamp(y, 0.0, 1.0, out=dst)
+            else:
+                dst.copy_(y.clamp(0.0, 1.0))
+    return out

@@ -27,6 +27,7 @@ average; the test and the benchmark measure how close). It is therefore a labell
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -269,10 +270,32 @@ def jpeg2000_approx(x: Tensor, ratio: Tensor, rate_scale: float = 1.0) -> Tensor
     Returns:
         (B, 3, H, W) in [0, 1] on 8-bit steps, same device and dtype as ``x``.
     """
+    return jpeg2000_synthesis(jpeg2000_analysis(x), ratio, rate_scale)
+
+
+@dataclass(frozen=True)
+class WaveletAnalysis:
+    """What :func:`jpeg2000_approx` computes from the image alone (steps 1-2 and the sub-band statistics),
+    so that several ratios can be applied to one analysis (:func:`jpeg2000_synthesis`)."""
+
+    shape: tuple[int, int]
+    dtype: torch.dtype
+    levels: int
+    bands: list[Tensor]  # (B, 3, h_i, w_i) sub-bands, finest first, LL last
+    mags: list[Tensor]  # their absolute values
+    norms: list[float]  # synthesis norm of each sub-band
+    scale: Tensor  # (B, 3*S) Laplacian scale per component and sub-band, component-major
+    count: Tensor  # (3*S,) coefficients per component and sub-band
+    gain: Tensor  # (3*S,) quantisation-noise gain to RGB per component and sub-band
+    comp_gain: Tensor  # (3,) column norms of the inverse ICT
+
+
+def jpeg2000_analysis(x: Tensor) -> WaveletAnalysis:
+    """Level shift, colour transform, wavelet pyramid and per-sub-band statistics of (B, 3, H, W) in [0, 1]."""
     if x.ndim != 4 or x.shape[1] != 3:
         raise ValueError(f"expected (B, 3, H, W), got {tuple(x.shape)}")
-    b, _, h, w = x.shape
-    dev, dtype = x.device, x.dtype
+    _, _, h, w = x.shape
+    dev = x.device
     levels = wavelet_levels(h, w)
     img = x.detach().float().clamp(0, 1).mul_(255.0).round_()
     ict = _ICT.to(dev)
@@ -282,11 +305,18 @@ def jpeg2000_approx(x: Tensor, ratio: Tensor, rate_scale: float = 1.0) -> Tensor
     # colour: noise in Y, Cb, Cr reaches RGB with these gains (column norms of the inverse ICT)
     comp_gain = _ICT_INV.to(dev).norm(dim=0)  # (3,)
     # per (image, component, sub-band) Laplacian scale, coefficient count and noise gain
-    mags = [band.abs() for band in bands]  # reused by the quantiser
+    mags = [band.abs() for band in bands]
     scale = torch.stack([mag.mean(dim=(-2, -1)) for mag in mags], dim=2).flatten(1).clamp_min(1e-6)  # (B, 3*S)
     count = torch.tensor([band.shape[-2] * band.shape[-1] for band in bands], device=dev, dtype=torch.float32)
-    count = count.repeat(3)
     gain = (comp_gain[:, None] * torch.tensor(norms, device=dev)[None, :]).flatten()  # (3*S,), component-major
+    return WaveletAnalysis((h, w), x.dtype, levels, bands, mags, norms, scale, count.repeat(3), gain, comp_gain)
+
+
+def jpeg2000_synthesis(a: WaveletAnalysis, ratio: Tensor, rate_scale: float = 1.0) -> Tensor:
+    """Quantise an analysis at per-sample ``ratio`` and reconstruct (steps 3-5); ``a`` is left unchanged."""
+    h, w = a.shape
+    b = a.scale.shape[0]
+    dev = a.scale.device
     bpp = 24.0 / ratio.to(dev).float().round().clamp_min(1.0)  # bits a pixel of the real codestream
     c0, c1, c2, c3 = RATE_COEFFS
     log_side = math.log2(min(max(math.sqrt(h * w), RATE_SIDE_RANGE[0]), RATE_SIDE_RANGE[1]))
@@ -294,8 +324,8 @@ def jpeg2000_approx(x: Tensor, ratio: Tensor, rate_scale: float = 1.0) -> Tensor
     target = bpp * (h * w) * torch.exp2(c0 + c1 * big_l + c2 * log_side + c3 * big_l * log_side)
 
     def bits(step: Tensor) -> Tensor:  # step: (B, K) base steps -> (B, K) estimated bits
-        per = laplacian_deadzone_entropy((step[:, :, None] / gain) / scale[:, None, :])
-        return rate_scale * (per * count).sum(dim=2)
+        per = laplacian_deadzone_entropy((step[:, :, None] / a.gain) / a.scale[:, None, :])
+        return rate_scale * (per * a.count).sum(dim=2)
 
     # bits(step) falls as the step grows: find the smallest step on the grid whose estimate meets the target
     lo = torch.full((b, 1), -4.0, device=dev)  # log2 of the base step: too many bits at lo, not at hi
@@ -307,11 +337,11 @@ def jpeg2000_approx(x: Tensor, ratio: Tensor, rate_scale: float = 1.0) -> Tensor
         lo = lo + width * over.sum(dim=1, keepdim=True)
     step = torch.exp2(lo[:, 0] + width)
     out_bands = []
-    for band, mag, norm in zip(bands, mags, norms, strict=True):
-        st = step.view(-1, 1, 1, 1) / (comp_gain.view(1, 3, 1, 1) * norm)  # (B, 3, 1, 1) steps
-        q = mag.div_(st).floor_()  # dead-zone indices |c| // step (mag is not needed any more)
+    for band, mag, norm in zip(a.bands, a.mags, a.norms, strict=True):
+        st = step.view(-1, 1, 1, 1) / (a.comp_gain.view(1, 3, 1, 1) * norm)  # (B, 3, 1, 1) steps
+        q = torch.div(mag, st).floor_()  # dead-zone indices |c| // step
         # mid-point reconstruction (|q| + 1/2) * step, zero in the dead zone, with the coefficient's sign
         out_bands.append(torch.copysign(q.add_(q.clamp_max(1.0), alpha=0.5).mul_(st), band))
-    rec = idwt2([out_bands[i : i + 3] for i in range(0, 3 * levels, 3)] + [out_bands[-1:]])
+    rec = idwt2([out_bands[i : i + 3] for i in range(0, 3 * a.levels, 3)] + [out_bands[-1:]])
     rgb = _colour(rec, _ICT_INV.to(dev), torch.full((3,), 128.0, device=dev))
-    return rgb.clamp_(0, 255).round_().div_(255.0).to(dtype)
+    return rgb.clamp_(0, 255).round_().div_(255.0).to(a.dtype)
