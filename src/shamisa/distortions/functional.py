@@ -24,12 +24,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from shamisa.distortions.codecs import jpeg2000_impl, jpeg2000_pillow, jpeg_pillow, thread_pool
+
+if TYPE_CHECKING:
+    from shamisa.distortions.wavelet_codec import WaveletAnalysis
 
 Tensor = torch.Tensor
 
@@ -529,7 +533,7 @@ def jpeg2000(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
     return _jpeg2000_finish(_jpeg2000_prepare(x), x, v, seeds)
 
 
-def _jpeg2000_prepare(x: Tensor) -> object | None:
+def _jpeg2000_prepare(x: Tensor) -> WaveletAnalysis | None:
     """The approximation's analysis of ``x`` (what does not depend on the ratio); None for the real codec."""
     if jpeg2000_impl() == "approx":
         from shamisa.distortions.wavelet_codec import jpeg2000_analysis
@@ -538,12 +542,12 @@ def _jpeg2000_prepare(x: Tensor) -> object | None:
     return None
 
 
-def _jpeg2000_finish(state: object | None, x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
+def _jpeg2000_finish(state: WaveletAnalysis | None, x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
     if state is None:
         return jpeg2000_pillow(x, v)
     from shamisa.distortions.wavelet_codec import jpeg2000_synthesis
 
-    return jpeg2000_synthesis(state, v)  # type: ignore[arg-type]
+    return jpeg2000_synthesis(state, v)
 
 
 def jpeg(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:

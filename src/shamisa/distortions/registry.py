@@ -107,10 +107,6 @@ assert tuple(DISTORTIONS) == DISTORTION_NAMES and len(GROUPS) == 7
 #: On the CPU a batch is processed in chunks of this many images, so that the temporaries of one
 #: function stay in the cache (every sample's result is independent of its batch, so this changes nothing).
 CHUNK_SIZE = int(os.environ.get("SHAMISA_DISTORT_CHUNK", "8"))
-#: Types processed in larger chunks on the CPU: the JPEG2000 approximation's cost per call has a large fixed
-#: part (one rate search and a wavelet pyramid down to 2 x 2 per call), so it is cheaper per image in bigger
-#: batches (on one core, 224-px crops: ~3.2 ms each in calls of 6, ~2.3 in calls of 30).
-CHUNK_SIZES: dict[str, int] = {"jpeg2000": 32}
 
 
 def get_spec(name: str) -> DistortionSpec:
@@ -174,7 +170,7 @@ def apply_distortion(
         return x.clone()
     dtype = x.dtype
     xf = x if dtype in (torch.float32, torch.float64) else x.float()
-    chunk = CHUNK_SIZES.get(name, CHUNK_SIZE) if xf.device.type == "cpu" else b
+    chunk = CHUNK_SIZE if xf.device.type == "cpu" else b
     if b <= chunk:
         y = spec.fn(xf, v, seeds)
         return y.clamp_(0.0, 1.0).to(dtype) if y is not xf else y.clamp(0.0, 1.0).to(dtype)
@@ -233,7 +229,7 @@ def apply_levels(
     dtype = x.dtype
     xf = x if dtype in (torch.float32, torch.float64) else x.float()
     out = torch.empty((n_l * b, *x.shape[1:]), dtype=dtype, device=x.device)
-    chunk = CHUNK_SIZES.get(name, CHUNK_SIZE) if xf.device.type == "cpu" else b
+    chunk = CHUNK_SIZE if xf.device.type == "cpu" else b
     for i in range(0, b, chunk):
         xc = xf[i : i + chunk]
         n = xc.shape[0]

@@ -12,8 +12,8 @@ to an image with tensor operations only, so it runs batched on the CPU or the GP
    sub-band's synthesis basis (equal noise energy per coefficient, the allocation PCRD-opt approaches);
 4. the step chosen (a 64-way search on its logarithm, four rounds) so that an entropy estimate of the
    quantised coefficients meets the target rate of the compression ratio (24 bits a pixel / ratio). The
-   estimate models each sub-band of each component as Laplacian (scale = mean absolute coefficient), for which the entropy of the
-   dead-zone quantiser has a closed form; the target is rescaled by a factor calibrated against the real
+   estimate models each sub-band of each component as Laplacian (scale = mean absolute coefficient), for
+   which the entropy of the dead-zone quantiser has a closed form; the target is rescaled by a factor calibrated against the real
    codec (:data:`RATE_COEFFS`, log-bilinear in bits per pixel and crop side) that absorbs EBCOT's context
    coding, its rate allocation and the headers;
 5. mid-point reconstruction, inverse wavelet, inverse ICT, clamp, rounding to 8 bits.
