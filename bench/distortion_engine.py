@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -70,11 +71,13 @@ def bench_items(
     g = torch.Generator().manual_seed(seed)
     times, cpu_times, n_dist = [], [], []
     t_start = 0.0
+    faults0 = 0
     for i in range(n_items + 1):
         if i == 1:
             if before_timing is not None:
                 before_timing()
             t_start = time.time()
+            faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         full, half, comps = _item(refs, g, device)
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -89,6 +92,7 @@ def bench_items(
             n_dist.append(float(comps.n_dist.float().mean()))
         assert sb.dist.shape[:3] == (6, 4, 5)
     t_end = time.time()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
     crops = 120
     return {
         "device": str(device),
@@ -102,6 +106,8 @@ def bench_items(
         "cpu_s_per_item_mean": statistics.fmean(cpu_times),
         "crops_per_cpu_s": crops / statistics.fmean(cpu_times),
         "mean_chain_length": statistics.fmean(n_dist),
+        "minor_page_faults_per_item": faults / n_items,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
 
