@@ -157,7 +157,7 @@ def _worker_items(args: tuple[str, str, int, int], barrier: Any, results: Any) -
         r = bench_items(refs, torch.device(device), n, seed, lambda: barrier.wait(BARRIER_TIMEOUT_S))
         r["pid"] = os.getpid()
         results.put(r)
-    except Exception as e:  # noqa: BLE001 -- any failure is reported instead of leaving the parent waiting
+    except BaseException as e:  # noqa: BLE001 -- any failure (SystemExit too) is reported, not left hanging
         barrier.abort()
         results.put({"error": f"{type(e).__name__}: {e}"})
 
