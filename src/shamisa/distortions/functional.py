@@ -449,9 +449,8 @@ def colordiff(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
 
 def _colordiff_finish(lab: Tensor, x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
     sigma = 1.5 * v.detach().double().cpu() + 2.0
-    out = lab.clone()
-    out[:, 1:3] = sep_filter(lab[:, 1:3], gaussian_kernels(sigma)).mul_(_col(v, x))
-    return _quantize_down(_lab_to_rgb(out))
+    ab = sep_filter(lab[:, 1:3], gaussian_kernels(sigma)).mul_(_col(v, x))
+    return _quantize_down(_lab_to_rgb(torch.cat([lab[:, :1], ab], 1)))
 
 
 def _percentile_lower(e: Tensor, q: float) -> Tensor:
@@ -517,9 +516,7 @@ def colorsat2(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
 
 
 def _colorsat2_finish(lab: Tensor, x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
-    out = lab.clone()
-    out[:, 1:3] *= _col(v, x)
-    return _quantize_down(_lab_to_rgb(out))
+    return _quantize_down(_lab_to_rgb(torch.cat([lab[:, :1], lab[:, 1:3] * _col(v, x)], 1)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -601,9 +598,8 @@ def brighten(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
 
 def _brighten_finish(lab: Tensor, x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
     mid = _col(0.5 + v / 2, x)
-    out = lab.clone()
-    out[:, :1] = parabola_curve(lab[:, :1] / 100.0, mid).mul_(100.0)
-    return parabola_curve(x, mid).mul_(2).add_(_lab_to_rgb(out)).div_(3)
+    lum = parabola_curve(lab[:, :1] / 100.0, mid).mul_(100.0)
+    return parabola_curve(x, mid).mul_(2).add_(_lab_to_rgb(torch.cat([lum, lab[:, 1:]], 1))).div_(3)
 
 
 def darken(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
@@ -758,9 +754,7 @@ def _highsharpen_prepare(x: Tensor) -> tuple[Tensor, Tensor]:
 
 def _highsharpen_finish(state: tuple[Tensor, Tensor], x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
     lab, detail = state
-    out = lab.clone()
-    out[:, :1] = detail.mul(_col(v, x)).add_(lab[:, :1])
-    return _lab_to_rgb(out)
+    return _lab_to_rgb(torch.cat([detail.mul(_col(v, x)).add_(lab[:, :1]), lab[:, 1:]], 1))
 
 
 def lincontrchangeneg(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:

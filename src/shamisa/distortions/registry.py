@@ -152,36 +152,55 @@ def apply_distortion(
         ValueError: bad shapes.
     """
     spec = get_spec(name)
-    if x.ndim != 4 or x.shape[1] != 3:
-        raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(x.shape)}")
-    b = x.shape[0]
+    b = _check_images(x)
     v = torch.as_tensor(values, dtype=torch.float64)
     if v.ndim == 0:
         v = v.expand(b)
     v = v.detach().cpu().double().reshape(-1)
     if v.numel() != b:
         raise ValueError(f"expected {b} parameter values, got {v.numel()}")
-    if seeds is None:
-        seeds = draw_seeds(b, generator)
-    seeds = torch.as_tensor(seeds, dtype=torch.int64).cpu().reshape(-1)
-    if seeds.numel() != b:
-        raise ValueError(f"expected {b} seeds, got {seeds.numel()}")
+    seeds = _seeds_for(b, generator, seeds)
     if b == 0:
         return x.clone()
-    dtype = x.dtype
-    xf = x if dtype in (torch.float32, torch.float64) else x.float()
-    chunk = CHUNK_SIZE if xf.device.type == "cpu" else b
+    xf, chunk = _working_copy(x)
     if b <= chunk:
         y = spec.fn(xf, v, seeds)
-        return y.clamp_(0.0, 1.0).to(dtype) if y is not xf else y.clamp(0.0, 1.0).to(dtype)
+        return y.clamp_(0.0, 1.0).to(x.dtype) if y is not xf else y.clamp(0.0, 1.0).to(x.dtype)
     out = torch.empty_like(x)
     for i in range(0, b, chunk):
-        yc = spec.fn(xf[i : i + chunk], v[i : i + chunk], seeds[i : i + chunk])
-        if yc.dtype == out.dtype:
-            torch.clamp(yc, 0.0, 1.0, out=out[i : i + chunk])
-        else:
-            out[i : i + chunk] = yc.clamp(0.0, 1.0)
+        _clamp_into(spec.fn(xf[i : i + chunk], v[i : i + chunk], seeds[i : i + chunk]), out[i : i + chunk])
     return out
+
+
+def _check_images(x: torch.Tensor) -> int:
+    """The batch size of (B, 3, H, W) images; ValueError for any other shape."""
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(x.shape)}")
+    return x.shape[0]
+
+
+def _seeds_for(n: int, generator: torch.Generator | None, seeds: torch.Tensor | None) -> torch.Tensor:
+    """``n`` per-sample seeds: drawn from ``generator``, or ``seeds`` checked (int64, CPU, flat)."""
+    if seeds is None:
+        return draw_seeds(n, generator)
+    seeds = torch.as_tensor(seeds, dtype=torch.int64).cpu().reshape(-1)
+    if seeds.numel() != n:
+        raise ValueError(f"expected {n} seeds, got {seeds.numel()}")
+    return seeds
+
+
+def _working_copy(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``x`` in a float dtype the functions accept, and the chunk size to process it in (CPU: CHUNK_SIZE)."""
+    xf = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    return xf, CHUNK_SIZE if xf.device.type == "cpu" else x.shape[0]
+
+
+def _clamp_into(y: torch.Tensor, dst: torch.Tensor) -> None:
+    """``dst[:] = clamp(y, 0, 1)`` (cast to dst's dtype)."""
+    if y.dtype == dst.dtype:
+        torch.clamp(y, 0.0, 1.0, out=dst)
+    else:
+        dst.copy_(y.clamp(0.0, 1.0))
 
 
 def apply_levels(
@@ -211,34 +230,21 @@ def apply_levels(
         (L * B, 3, H, W), level-major (row ``l * B + i`` is image ``i`` at ``values[l]``), clamped to [0, 1].
     """
     spec = get_spec(name)
-    if x.ndim != 4 or x.shape[1] != 3:
-        raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(x.shape)}")
-    b = x.shape[0]
+    b = _check_images(x)
     vals = torch.as_tensor(values, dtype=torch.float64).detach().cpu().double().reshape(-1)
     n_l = vals.numel()
-    if seeds is None:
-        seeds = draw_seeds(n_l * b, generator)
-    seeds = torch.as_tensor(seeds, dtype=torch.int64).cpu().reshape(-1)
-    if seeds.numel() != n_l * b:
-        raise ValueError(f"expected {n_l * b} seeds, got {seeds.numel()}")
+    seeds = _seeds_for(n_l * b, generator, seeds)
     stages = Fn.SHARED_STAGES.get(spec.name)
     if stages is None or b == 0 or n_l == 0:
         return apply_distortion(x.repeat(n_l, 1, 1, 1), name, vals.repeat_interleave(b), seeds=seeds)
     prepare, finish = stages
     seeds = seeds.view(n_l, b)
-    dtype = x.dtype
-    xf = x if dtype in (torch.float32, torch.float64) else x.float()
-    out = torch.empty((n_l * b, *x.shape[1:]), dtype=dtype, device=x.device)
-    chunk = CHUNK_SIZE if xf.device.type == "cpu" else b
+    xf, chunk = _working_copy(x)
+    out = torch.empty((n_l * b, *x.shape[1:]), dtype=x.dtype, device=x.device)
     for i in range(0, b, chunk):
         xc = xf[i : i + chunk]
         n = xc.shape[0]
         state = prepare(xc)
         for lev in range(n_l):
-            y = finish(state, xc, vals[lev].expand(n), seeds[lev, i : i + n])
-            dst = out[lev * b + i : lev * b + i + n]
-            if y.dtype == dtype:
-                torch.clamp(y, 0.0, 1.0, out=dst)
-            else:
-                dst.copy_(y.clamp(0.0, 1.0))
+            _clamp_into(finish(state, xc, vals[lev].expand(n), seeds[lev, i : i + n]), out[lev * b + i : lev * b + i + n])
     return out

@@ -26,6 +26,7 @@ average; the test and the benchmark measure how close). It is therefore a labell
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -216,22 +217,15 @@ def _norms_1d(levels: int) -> tuple[list[float], float]:
     return [basis_norm(j, True) for j in range(levels)], basis_norm(levels - 1, False) if levels else 1.0
 
 
-_NORM_CACHE: dict[tuple[int, str], list[Tensor]] = {}
-
-
-def synthesis_norms(levels: int, device: torch.device | str = "cpu") -> list[Tensor]:
+@functools.cache
+def synthesis_norms(levels: int) -> tuple[tuple[float, ...], ...]:
     """L2 norm of one coefficient's synthesis basis image per sub-band, laid out like :func:`dwt2`'s output
     (products of the 1-D norms: the transform is separable)."""
-    key = (levels, str(device))
-    if key not in _NORM_CACHE:
-        high, low_final = _norms_1d(levels)
-        # low-pass norm at level j (before the final): the low path's norm at that depth
-        lows = [_norms_1d(j + 1)[1] for j in range(levels)]
-        norms = [torch.tensor([lows[j] * high[j], high[j] * lows[j], high[j] * high[j]], dtype=torch.float32)
-                 for j in range(levels)]
-        norms.append(torch.tensor([low_final * low_final], dtype=torch.float32))
-        _NORM_CACHE[key] = [t.to(device) for t in norms]
-    return _NORM_CACHE[key]
+    high, low_final = _norms_1d(levels)
+    # low-pass norm at level j (before the final): the low path's norm at that depth
+    lows = [_norms_1d(j + 1)[1] for j in range(levels)]
+    norms = [(lows[j] * high[j], high[j] * lows[j], high[j] * high[j]) for j in range(levels)]
+    return (*norms, (low_final * low_final,))
 
 
 def laplacian_deadzone_entropy(step_over_scale: Tensor) -> Tensor:
@@ -301,7 +295,7 @@ def jpeg2000_analysis(x: Tensor) -> WaveletAnalysis:
     ict = _ICT.to(dev)
     ycc = _colour(img, ict, ict.sum(dim=1) * -128.0)  # the ICT of the level-shifted image (pixel - 128)
     bands = [band for level in dwt2(ycc, levels) for band in level]  # (B, 3, h_i, w_i), finest first
-    norms = [float(n) for level in synthesis_norms(levels) for n in level]
+    norms = [n for level in synthesis_norms(levels) for n in level]
     # colour: noise in Y, Cb, Cr reaches RGB with these gains (column norms of the inverse ICT)
     comp_gain = _ICT_INV.to(dev).norm(dim=0)  # (3,)
     # per (image, component, sub-band) Laplacian scale, coefficient count and noise gain
