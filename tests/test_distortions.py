@@ -652,3 +652,78 @@ def test_sep_filter_paths_agree(kk, shared, monkeypatch):
         rows.append(F.conv2d(xi, ki.view(1, 1, -1, 1).expand(2, 1, -1, 1), groups=2)[0])
     ref = torch.stack(rows)
     torch.testing.assert_close(direct, ref, atol=2e-6, rtol=0)
+
+
+def test_patch_and_block_painters_agree_across_paths():
+    """The CPU slice painters (noneccpatch, colorblock) equal the batched paths used on other devices, with
+    overlapping, out-of-order and empty (count 0) samples."""
+    from shamisa.distortions import functional as fn
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(4, 3, 40, 50, generator=g)
+    counts = [0, 3, 25, 9]
+    n = max(counts)
+    src = (torch.randint(0, 40 - 16 + 1, (4, n), generator=g), torch.randint(0, 50 - 16 + 1, (4, n), generator=g))
+    dst = [(s + torch.randint(-8, 9, (4, n), generator=g)).clamp(0, lim - 16) for s, lim in zip(src, (40, 50))]
+    past = torch.arange(n)[None] >= torch.tensor(counts)[:, None]  # the batched path copies those onto themselves
+    dst = tuple(torch.where(past, s, d) for s, d in zip(src, dst))
+    sliced, indexed = x.clone(), x.clone()
+    fn._copy_patches_sliced(sliced, src, dst, counts, (16, 16))
+    fn._copy_patches_indexed(indexed, src, dst, counts, (16, 16))
+    assert torch.equal(sliced, indexed) and not torch.equal(sliced, x)
+    assert torch.equal(sliced[0], x[0])
+    top, left = torch.randint(0, 40 - 8, (4, n), generator=g), torch.randint(0, 50 - 8, (4, n), generator=g)
+    color = torch.rand(4, n, 3, generator=g)
+    painted = fn._paint_blocks_sliced(x, top, left, color, counts, (8, 8))
+    assert torch.equal(painted, fn._paint_blocks_masked(x, top, left, color, counts, (8, 8)))
+    assert torch.equal(painted[0], x[0]) and not torch.equal(painted, x)
+    # the last square of a sample is on top
+    i, k = 2, counts[2] - 1
+    t, l_ = int(top[i, k]), int(left[i, k])
+    assert torch.equal(painted[i, :, t : t + 8, l_ : l_ + 8], color[i, k, :, None, None].expand(3, 8, 8))
+
+
+def test_impulsenoise_matches_its_definition():
+    """Each value is replaced by 0 where u < d/2 and by 1 where d/2 <= u < d, u the sample's uniform draws."""
+    from shamisa.distortions import functional as fn
+
+    x = torch.rand(6, 3, 20, 24, generator=torch.Generator().manual_seed(1))
+    seeds = torch.arange(6) * 7919
+    d = torch.tensor([0.0, 0.01, 0.1, 0.5, 1.0, 0.3], dtype=torch.float64)
+    u = fn._rand(seeds, (3, 20, 24), x)
+    dc = d.float().view(-1, 1, 1, 1)
+    ref = torch.where(u < dc / 2, 0.0, torch.where(u < dc, 1.0, x))
+    y = fn.impulsenoise(x, d, seeds)
+    assert torch.equal(y, ref)
+    assert torch.equal(y[0], x[0]) and ((y[4] == 0) | (y[4] == 1)).all()
+
+
+def test_builder_suffix_by_level_equals_the_whole_batch_chain():
+    """The builder applies the slots after the varying one level by level; with the seeds drawn in the same
+    order that equals chaining them over the whole (L * 2R) batch, for stochastic types too."""
+    from shamisa.distortions import apply_levels
+
+    r, p = 2, 24
+    full = torch.stack([natural_like_image(p, p, seed=30 + i) for i in range(r)])
+    half = torch.stack([natural_like_image(p, p, seed=40 + i) for i in range(r)])
+    comps = sample_compositions(4, generator=torch.Generator().manual_seed(3))
+    # every composition has a suffix of two or more slots, a stochastic one among them
+    for f in range(4):
+        suffix = comps.names(f)[int(comps.var_slot[f]) + 1 :]
+        assert len(suffix) >= 2 and any(DISTORTIONS[nm].stochastic for nm in suffix)
+    sb = build_structured_batch(full, half, comps, torch.Generator().manual_seed(2))
+    g = torch.Generator().manual_seed(2)
+    views = torch.cat([full, half])
+    v = views.shape[0]
+    for f in range(4):
+        names, vs, vals = comps.names(f), int(comps.var_slot[f]), comps.values[f]
+        x = views
+        for j in range(vs):
+            x = apply_distortion(x, names[j], vals[0, j].expand(v), g)
+        x = apply_levels(x, names[vs], vals[:, vs], g)
+        for j in range(vs + 1, len(names)):
+            x = apply_distortion(x, names[j], vals[:, j].repeat_interleave(v), g)
+        expected = x.view(5, v, 3, p, p).transpose(0, 1)
+        # batch shape may move a value by one 8-bit level through matrix-product rounding, rarely
+        torch.testing.assert_close(sb.dist[:, f], expected, atol=1 / 255 + 1e-6, rtol=0)
+        assert (sb.dist[:, f] == expected).float().mean() > 0.999

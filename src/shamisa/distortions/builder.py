@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from shamisa.distortions.levels import DISTORTION_NAMES
 from shamisa.distortions.memory import keep_heap
-from shamisa.distortions.registry import apply_distortion, apply_levels
+from shamisa.distortions.registry import apply_distortion, apply_levels, draw_seeds
 from shamisa.distortions.sampler import Compositions
 from shamisa.images import half_scale
 
@@ -141,9 +141,14 @@ def build_structured_batch(
         x = _apply_chain(views, prefix, generator)
         # the varying slot on the shared prefix: (L * 2R, ...), level-major; its level-independent work once
         x = apply_levels(x, names[vs], vals[:, vs], generator)
-        rest = [(names[j], vals[:, j].repeat_interleave(v)) for j in range(vs + 1, n)]
-        x = _apply_chain(x, rest, generator)
-        dist[:, f] = x.view(n_l, v, c, h, w).transpose(0, 1)
+        # the suffix level by level, so that a level's images stay in the cache through the whole chain; the
+        # seeds are drawn up front in the order one call per slot would draw them
+        rest = [(names[j], vals[:, j], draw_seeds(n_l * v, generator)) for j in range(vs + 1, n)]
+        for lev in range(n_l):
+            y = x[lev * v : (lev + 1) * v]
+            for name, lv, seeds in rest:
+                y = apply_distortion(y, name, lv[lev].expand(v), seeds=seeds[lev * v : (lev + 1) * v])
+            dist[:, f, lev] = y
     return StructuredBatch(
         dist=dist,
         refs=views,

@@ -577,8 +577,10 @@ def impulsenoise(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
     """Salt-and-pepper noise of density ``v``: each value independently becomes 0 (prob v/2) or 1 (prob v/2)."""
     u = _rand(seeds, tuple(x.shape[1:]), x)
     d = _col(v, x)
-    out = torch.where(u < d / 2, torch.zeros_like(x), x)
-    return torch.where((u >= d / 2) & (u < d), torch.ones_like(x), out)
+    # indicators as clamp(floor(u - t) + 1, 0, 1) = [u >= t] (exact: the sign of u - t is), no torch.where
+    keep = torch.sub(u, d).floor_().add_(1.0).clamp_(0.0, 1.0)  # [u >= d]: the value is kept
+    salt = u.sub_(d / 2).floor_().add_(1.0).clamp_(0.0, 1.0)  # [u >= d/2]: 1 where replaced, else 0
+    return torch.addcmul(salt, keep, x - salt)
 
 
 def multnoise(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
@@ -669,13 +671,37 @@ def noneccpatch(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
     tw = torch.where(active, tw, ws).long().to(x.device)
     hs, ws = hs.long().to(x.device), ws.long().to(x.device)
     y = x.clone()
-    bi = torch.arange(b, device=x.device)[:, None, None]
-    ar_h = torch.arange(p, device=x.device)[None, :, None]
-    ar_w = torch.arange(r, device=x.device)[None, None, :]
-    for k in range(nmax):
+    copy = _copy_patches_sliced if y.device.type == "cpu" else _copy_patches_indexed
+    copy(y, (hs, ws), (th, tw), counts, (p, r))
+    return y
+
+
+def _copy_patches_sliced(
+    y: Tensor, src: tuple[Tensor, Tensor], dst: tuple[Tensor, Tensor], counts: list[int], size: tuple[int, int]
+) -> None:
+    """In place on a CPU batch: for each sample ``i`` and ``k < counts[i]`` in order, the ``size`` patch at
+    ``src[.][i, k]`` (top, left) is copied to ``dst[.][i, k]``. A few hundred small slice copies: far cheaper on
+    a CPU than one batched gather and scatter per patch index."""
+    yn = y.numpy()
+    (p, r), (sh, sw), (dh, dw) = size, (t.tolist() for t in src), (t.tolist() for t in dst)
+    for i, n in enumerate(counts):
+        for k in range(n):
+            a, b, c, d = sh[i][k], sw[i][k], dh[i][k], dw[i][k]
+            yn[i, :, c : c + p, d : d + r] = yn[i, :, a : a + p, b : b + r]  # numpy copies overlaps safely
+
+
+def _copy_patches_indexed(
+    y: Tensor, src: tuple[Tensor, Tensor], dst: tuple[Tensor, Tensor], counts: list[int], size: tuple[int, int]
+) -> None:
+    """:func:`_copy_patches_sliced` as one gather and scatter over the batch per patch index (any device; a
+    sample's patches past its count must have ``dst == src``, a copy onto itself)."""
+    (p, r), (hs, ws), (th, tw) = size, src, dst
+    bi = torch.arange(y.shape[0], device=y.device)[:, None, None]
+    ar_h = torch.arange(p, device=y.device)[None, :, None]
+    ar_w = torch.arange(r, device=y.device)[None, None, :]
+    for k in range(max(counts, default=0)):
         patch = y[bi, :, hs[:, k, None, None] + ar_h, ws[:, k, None, None] + ar_w]  # (B, p, r, C)
         y[bi, :, th[:, k, None, None] + ar_h, tw[:, k, None, None] + ar_w] = patch
-    return y
 
 
 def pixelate(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
@@ -711,18 +737,40 @@ def colorblock(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
         return x
     gens = _gens(seeds, b)
     draws = torch.zeros(b, nmax, 5, dtype=torch.float64)
-    active = torch.zeros(b, nmax, dtype=torch.bool)
     for i, (g, n) in enumerate(zip(gens, counts, strict=True)):
         draws[i, :n] = torch.rand(n, 5, generator=g, dtype=torch.float64)
-        active[i, :n] = True
     top = torch.floor(draws[..., 3] * (h - ph)).long().to(x.device)
     left = torch.floor(draws[..., 4] * (w - pw)).long().to(x.device)
     color = draws[..., :3].to(device=x.device, dtype=x.dtype)
-    active = active.to(x.device)
+    paint = _paint_blocks_sliced if x.device.type == "cpu" else _paint_blocks_masked
+    return paint(x, top, left, color, counts, (ph, pw))
+
+
+def _paint_blocks_sliced(
+    x: Tensor, top: Tensor, left: Tensor, color: Tensor, counts: list[int], size: tuple[int, int]
+) -> Tensor:
+    """A copy of CPU batch ``x`` with, for each sample ``i`` and ``k < counts[i]`` in order, the ``size`` square
+    at ``(top[i, k], left[i, k])`` painted ``color[i, k]`` (3,). Slice assignments: no full-image pass per square."""
+    y = x.clone()
+    yn, tops, lefts, colors = y.numpy(), top.tolist(), left.tolist(), color.cpu().numpy()
+    ph, pw = size
+    for i, n in enumerate(counts):
+        for k in range(n):
+            yn[i, :, tops[i][k] : tops[i][k] + ph, lefts[i][k] : lefts[i][k] + pw] = colors[i, k, :, None, None]
+    return y
+
+
+def _paint_blocks_masked(
+    x: Tensor, top: Tensor, left: Tensor, color: Tensor, counts: list[int], size: tuple[int, int]
+) -> Tensor:
+    """:func:`_paint_blocks_sliced` with one masked select over the batch per square index (any device)."""
+    h, w = x.shape[-2:]
+    ph, pw = size
+    active = (torch.arange(max(counts, default=0))[None] < torch.tensor(counts)[:, None]).to(x.device)
     ys = torch.arange(h, device=x.device)[None]
     xs = torch.arange(w, device=x.device)[None]
     y = x
-    for k in range(nmax):
+    for k in range(active.shape[1]):
         mr = (ys >= top[:, k : k + 1]) & (ys < top[:, k : k + 1] + ph) & active[:, k : k + 1]
         mc = (xs >= left[:, k : k + 1]) & (xs < left[:, k : k + 1] + pw)
         m = (mr[:, :, None] & mc[:, None, :])[:, None]
