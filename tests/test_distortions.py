@@ -727,3 +727,25 @@ def test_builder_suffix_by_level_equals_the_whole_batch_chain():
         # batch shape may move a value by one 8-bit level through matrix-product rounding, rarely
         torch.testing.assert_close(sb.dist[:, f], expected, atol=1 / 255 + 1e-6, rtol=0)
         assert (sb.dist[:, f] == expected).float().mean() > 0.999
+
+
+def test_normal_draws_are_standard_normal_and_per_seed():
+    """The table-driven normal deviates: unit variance, symmetric, close to N(0, 1) in distribution, a function
+    of the sample's seed alone (negative seeds accepted)."""
+    from scipy import stats
+
+    from shamisa.distortions import functional as fn
+
+    like = torch.empty(3, 1)
+    seeds = torch.tensor([5, -7, 2**62 - 1])
+    z = fn._randn(seeds, (400_000,), like)
+    assert z.shape == (3, 400_000) and z.dtype == torch.float32
+    flat = z.double().flatten()
+    assert abs(float(flat.mean())) < 0.005 and abs(float(flat.var()) - 1) < 0.01
+    assert stats.kstest(flat[::7].numpy(), "norm").statistic < 0.004
+    table = fn._normal_table()
+    assert table.shape == (2**fn.NORMAL_TABLE_BITS,) and (table[::-1] == -table).all() and (abs(table.max() - 4.325) < 1e-3)
+    assert torch.equal(fn._randn(seeds[1:2], (400_000,), like[:1])[0], z[1])
+    assert not torch.equal(z[0], z[1])
+    with pytest.raises(ValueError, match="seeds"):
+        fn._randn(None, (4,), like)
