@@ -658,11 +658,13 @@ def jitter(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
     xs = torch.linspace(-1.0, 1.0, w, device=x.device, dtype=x.dtype)
     base = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], -1)  # (H, W, 2) as (x, y)
     px = torch.tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)], device=x.device, dtype=x.dtype)
-    scale = -(_col(v, x).view(-1, 1, 1, 1) * px)  # (B, 1, 1, 2): displacement in grid units, sampled at p - d
+    # the grids in place: displacement in grid units (sampled at p - d) plus the identity grid. On square images
+    # the scale is one number per sample, a multiply over contiguous memory (a per-(x, y) scale is a strided one)
+    scale = -_col(v, x).view(-1, 1, 1, 1, 1)
+    noise.mul_(scale * px[0] if h == w else scale * px).add_(base)
     y = x
     for it in range(JITTER_ITERATIONS):
-        grid = torch.addcmul(base, noise[:, it], scale)
-        y = F.grid_sample(y, grid, mode="bilinear", padding_mode="border", align_corners=True)
+        y = F.grid_sample(y, noise[:, it], mode="bilinear", padding_mode="border", align_corners=True)
     return y
 
 
