@@ -165,6 +165,35 @@ def test_levels_of_shared_images_equal_the_repeated_batch(name, jpeg2000, batch,
         set_jpeg2000_impl("openjpeg")
 
 
+@pytest.mark.parametrize("name", ["colorsat2", "jitter", "gaublur"])
+def test_results_written_into_a_given_output(name, batch, monkeypatch):
+    """``out=`` (e.g. a strided slice of an item's output) gets exactly the returned result, for one call and
+    for the chunked path; apply_levels fills an (L, B, ...) view, for a type with and one without shared stages."""
+    from shamisa.distortions import apply_levels, registry
+
+    values = _level_values(name, 3)
+    seeds = torch.tensor([11, 12, 13])
+    plain = apply_distortion(batch, name, values, seeds=seeds)
+    for chunk in (8, 2):
+        monkeypatch.setattr(registry, "CHUNK_SIZE", chunk)
+        big = torch.zeros(2, 3, 3, H, W)
+        got = apply_distortion(batch, name, values, seeds=seeds, out=big[1])
+        assert got.data_ptr() == big[1].data_ptr() and torch.equal(big[1], plain) and (big[0] == 0).all()
+    lv = torch.tensor(LEVELS[name][1:4], dtype=torch.float64)
+    lseeds = torch.arange(9) + 100
+    flat = apply_levels(batch, name, lv, seeds=lseeds)
+    item = torch.zeros(3, 2, 3, 3, H, W)  # (views, compositions, levels, ...) as a builder's output
+    dst = item[:, 1].transpose(0, 1)
+    assert apply_levels(batch, name, lv, seeds=lseeds, out=dst) is dst
+    assert torch.equal(dst, flat.view(3, 3, 3, H, W)) and (item[:, 0] == 0).all()
+    with pytest.raises(ValueError, match="out must be"):
+        apply_distortion(batch, name, values, seeds=seeds, out=torch.zeros(2, 3, H, W))
+    with pytest.raises(ValueError, match="out must be"):
+        apply_levels(batch, name, lv, seeds=lseeds, out=torch.zeros(9, 3, H, W))
+    with pytest.raises(ValueError, match="out must be"):
+        apply_distortion(batch, name, values, seeds=seeds, out=torch.zeros(3, 3, H, W, dtype=torch.float64))
+
+
 def test_apply_levels_checks_its_inputs(batch):
     from shamisa.distortions import apply_levels
 

@@ -139,16 +139,20 @@ def build_structured_batch(
         vals = comps.values[f]  # (L, S)
         prefix = [(names[j], vals[0, j].expand(v)) for j in range(vs)]
         x = _apply_chain(views, prefix, generator)
-        # the varying slot on the shared prefix: (L * 2R, ...), level-major; its level-independent work once
-        x = apply_levels(x, names[vs], vals[:, vs], generator)
+        # the last slot of the chain writes straight into the item's output (no copy of the result)
+        dst = dist[:, f].transpose(0, 1)  # (L, 2R, 3, P, P) view
+        if vs == n - 1:  # the varying slot on the shared prefix; its level-independent work once
+            apply_levels(x, names[vs], vals[:, vs], generator, out=dst)
+            continue
+        x = apply_levels(x, names[vs], vals[:, vs], generator)  # (L * 2R, ...), level-major
         # the suffix level by level, so that a level's images stay in the cache through the whole chain; the
         # seeds are drawn up front in the order one call per slot would draw them
         rest = [(names[j], vals[:, j], draw_seeds(n_l * v, generator)) for j in range(vs + 1, n)]
         for lev in range(n_l):
             y = x[lev * v : (lev + 1) * v]
-            for name, lv, seeds in rest:
-                y = apply_distortion(y, name, lv[lev].expand(v), seeds=seeds[lev * v : (lev + 1) * v])
-            dist[:, f, lev] = y
+            for j, (name, lv, seeds) in enumerate(rest):
+                last = dst[lev] if j == len(rest) - 1 else None
+                y = apply_distortion(y, name, lv[lev].expand(v), seeds=seeds[lev * v : (lev + 1) * v], out=last)
     return StructuredBatch(
         dist=dist,
         refs=views,

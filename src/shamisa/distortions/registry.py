@@ -131,6 +131,7 @@ def apply_distortion(
     generator: torch.Generator | None = None,
     *,
     seeds: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Apply one distortion type to a batch, one parameter value per sample.
 
@@ -143,6 +144,8 @@ def apply_distortion(
             draws everything from a generator seeded with ``seeds[i]``. So one sample's result does not
             depend on the rest of the batch, nor on the device.
         seeds: (B,) int64 seeds to use instead of drawing them from ``generator``.
+        out: (B, 3, H, W) tensor (any strides, ``x``'s dtype and device) to write the result into, e.g. a
+            slice of a larger batch; returned.
 
     Returns:
         (B, 3, H, W) clamped to [0, 1], same dtype and device as ``x``.
@@ -160,13 +163,15 @@ def apply_distortion(
     if v.numel() != b:
         raise ValueError(f"expected {b} parameter values, got {v.numel()}")
     seeds = _seeds_for(b, generator, seeds)
+    _check_out(out, x.shape, x)
     if b == 0:
-        return x.clone()
+        return x.clone() if out is None else out
     xf, chunk = _working_copy(x)
-    if b <= chunk:
+    if b <= chunk and out is None:
         y = spec.fn(xf, v, seeds)
         return y.clamp_(0.0, 1.0).to(x.dtype) if y is not xf else y.clamp(0.0, 1.0).to(x.dtype)
-    out = torch.empty_like(x)
+    if out is None:
+        out = torch.empty_like(x)
     for i in range(0, b, chunk):
         _clamp_into(spec.fn(xf[i : i + chunk], v[i : i + chunk], seeds[i : i + chunk]), out[i : i + chunk])
     return out
@@ -187,6 +192,14 @@ def _seeds_for(n: int, generator: torch.Generator | None, seeds: torch.Tensor | 
     if seeds.numel() != n:
         raise ValueError(f"expected {n} seeds, got {seeds.numel()}")
     return seeds
+
+
+def _check_out(out: torch.Tensor | None, shape: tuple[int, ...], x: torch.Tensor) -> None:
+    """ValueError unless ``out`` is None or a tensor of ``shape`` with ``x``'s dtype and device."""
+    if out is not None and (tuple(out.shape) != tuple(shape) or out.dtype != x.dtype or out.device != x.device):
+        raise ValueError(
+            f"out must be {tuple(shape)} {x.dtype} on {x.device}, got {tuple(out.shape)} {out.dtype} on {out.device}"
+        )
 
 
 def _working_copy(x: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -210,6 +223,7 @@ def apply_levels(
     generator: torch.Generator | None = None,
     *,
     seeds: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Apply one type to the same images at several values: the varying slot of a structured batch.
 
@@ -225,26 +239,34 @@ def apply_levels(
         values: (L,) parameter values, one per level.
         generator: CPU generator for the per-sample seeds.
         seeds: (L * B,) seeds to use instead (level-major).
+        out: (L, B, 3, H, W) tensor (any strides, ``x``'s dtype and device) to write the result into; returned
+            in that shape.
 
     Returns:
-        (L * B, 3, H, W), level-major (row ``l * B + i`` is image ``i`` at ``values[l]``), clamped to [0, 1].
+        (L * B, 3, H, W), level-major (row ``l * B + i`` is image ``i`` at ``values[l]``), clamped to [0, 1];
+        ``out`` when given.
     """
     spec = get_spec(name)
     b = _check_images(x)
     vals = torch.as_tensor(values, dtype=torch.float64).detach().cpu().double().reshape(-1)
     n_l = vals.numel()
     seeds = _seeds_for(n_l * b, generator, seeds)
+    _check_out(out, (n_l, *x.shape), x)
     stages = Fn.SHARED_STAGES.get(spec.name)
     if stages is None or b == 0 or n_l == 0:
-        return apply_distortion(x.repeat(n_l, 1, 1, 1), name, vals.repeat_interleave(b), seeds=seeds)
+        if out is None:
+            return apply_distortion(x.repeat(n_l, 1, 1, 1), name, vals.repeat_interleave(b), seeds=seeds)
+        for lev in range(n_l):
+            apply_distortion(x, name, vals[lev].expand(b), seeds=seeds[lev * b : (lev + 1) * b], out=out[lev])
+        return out
     prepare, finish = stages
     seeds = seeds.view(n_l, b)
     xf, chunk = _working_copy(x)
-    out = torch.empty((n_l * b, *x.shape[1:]), dtype=x.dtype, device=x.device)
+    dst = torch.empty((n_l, *x.shape), dtype=x.dtype, device=x.device) if out is None else out
     for i in range(0, b, chunk):
         xc = xf[i : i + chunk]
         n = xc.shape[0]
         state = prepare(xc)
         for lev in range(n_l):
-            _clamp_into(finish(state, xc, vals[lev].expand(n), seeds[lev, i : i + n]), out[lev * b + i : lev * b + i + n])
-    return out
+            _clamp_into(finish(state, xc, vals[lev].expand(n), seeds[lev, i : i + n]), dst[lev, i : i + n])
+    return dst.view(n_l * b, *x.shape[1:]) if out is None else out
