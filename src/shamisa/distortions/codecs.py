@@ -72,7 +72,10 @@ def has_jpeg2000() -> bool:
 
 def _to_uint8_hwc(x: torch.Tensor) -> np.ndarray:
     """(B, 3, H, W) float in [0, 1] -> (B, H, W, 3) uint8 (rounded)."""
-    return (x.detach().float().clamp(0, 1).mul(255.0).round_().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
+    levels = x.detach().float().clamp(0, 1).mul_(255.0).round_()
+    out = torch.empty((x.shape[0], x.shape[2], x.shape[3], x.shape[1]), dtype=torch.uint8, device=x.device)
+    out.copy_(levels.permute(0, 2, 3, 1))  # to 8 bits and to channels-last in one pass, contiguous for the codec
+    return out.cpu().numpy()
 
 
 def _map_batch(x: torch.Tensor, params: list[float], codec: Callable[[np.ndarray, float], np.ndarray]) -> torch.Tensor:
@@ -82,7 +85,10 @@ def _map_batch(x: torch.Tensor, params: list[float], codec: Callable[[np.ndarray
         outs = list(thread_pool().map(codec, list(arr), params))
     else:
         outs = [codec(a, p) for a, p in zip(arr, params, strict=True)]
-    y = torch.from_numpy(np.stack(outs)).permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
+    y = torch.empty(x.shape, dtype=torch.float32)
+    yn = y.numpy()
+    for i, decoded in enumerate(outs):  # back to (3, H, W) in [0, 1], one pass per image (float32 arithmetic)
+        np.divide(decoded.transpose(2, 0, 1), np.float32(255.0), out=yn[i], dtype=np.float32)
     return y.to(device=x.device, dtype=x.dtype)
 
 
