@@ -231,7 +231,7 @@ def apply_levels(
     same ``L * B`` seeds are drawn, level-major), but for the types in
     :data:`shamisa.distortions.functional.SHARED_STAGES` the part of the work that depends on the image only
     (the Lab conversion of the Lab-based types, colorshift's edge map, the JPEG2000 approximation's wavelet
-    analysis) is done once per image instead of once per level.
+    analysis) is done once per image instead of once per level; the other types are applied level by level.
 
     Args:
         x: (B, 3, H, W) float images in [0, 1].
@@ -252,21 +252,20 @@ def apply_levels(
     n_l = vals.numel()
     seeds = _seeds_for(n_l * b, generator, seeds)
     _check_out(out, (n_l, *x.shape), x)
+    dst = torch.empty((n_l, *x.shape), dtype=x.dtype, device=x.device) if out is None else out
+    result = dst.view(n_l * b, *x.shape[1:]) if out is None else out
     stages = Fn.SHARED_STAGES.get(spec.name)
-    if stages is None or b == 0 or n_l == 0:
-        if out is None:
-            return apply_distortion(x.repeat(n_l, 1, 1, 1), name, vals.repeat_interleave(b), seeds=seeds)
+    if stages is None or b == 0 or n_l == 0:  # level by level: one value per call, no repeated copy of x
         for lev in range(n_l):
-            apply_distortion(x, name, vals[lev].expand(b), seeds=seeds[lev * b : (lev + 1) * b], out=out[lev])
-        return out
+            apply_distortion(x, name, vals[lev].expand(b), seeds=seeds[lev * b : (lev + 1) * b], out=dst[lev])
+        return result
     prepare, finish = stages
     seeds = seeds.view(n_l, b)
     xf, chunk = _working_copy(x)
-    dst = torch.empty((n_l, *x.shape), dtype=x.dtype, device=x.device) if out is None else out
     for i in range(0, b, chunk):
         xc = xf[i : i + chunk]
         n = xc.shape[0]
         state = prepare(xc)
         for lev in range(n_l):
             _clamp_into(finish(state, xc, vals[lev].expand(n), seeds[lev, i : i + n]), dst[lev, i : i + n])
-    return dst.view(n_l * b, *x.shape[1:]) if out is None else out
+    return result
