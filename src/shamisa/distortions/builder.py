@@ -14,9 +14,11 @@ After :func:`collate_structured` every field gets a leading item dimension ``B``
 
 Construction: the compositions are shared by all references and both scales. For each composition the
 unchanged prefix of the chain (slots before the varying slot) is applied once to all 2R views as one
-batch; the result is repeated for the L levels and the varying slot and the suffix are applied to the
-(L * 2R)-image batch. This equals applying the full chain per level (exactly for deterministic types;
-stochastic types draw fresh randomness per image either way).
+batch; the varying slot is applied to it at the L levels (:func:`~shamisa.distortions.apply_levels`: a type's
+image-only work once), and the suffix runs level by level on each level's 2R views, the chain's last slot
+writing straight into ``dist``. This equals applying the full chain per level (exactly for deterministic types;
+stochastic types draw fresh randomness per image either way), and drawing the seeds as one call per slot on the
+(L * 2R)-image batch would.
 """
 
 from __future__ import annotations

@@ -50,12 +50,17 @@ def _col(v: Tensor, x: Tensor) -> Tensor:
     return v.to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1)
 
 
-def _gens(seeds: Tensor | None, n: int) -> list[torch.Generator]:
+def _seed_list(seeds: Tensor | None, n: int) -> list[int]:
+    """The ``n`` per-sample seeds as ints; ValueError when they are missing or their count is wrong."""
     if seeds is None:
         raise ValueError("this distortion is stochastic: per-sample seeds are required")
     if seeds.numel() != n:
         raise ValueError(f"expected {n} seeds, got {seeds.numel()}")
-    return [torch.Generator().manual_seed(int(s)) for s in seeds.tolist()]
+    return [int(s) for s in seeds.tolist()]
+
+
+def _gens(seeds: Tensor | None, n: int) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(s) for s in _seed_list(seeds, n)]
 
 
 def _rand(seeds: Tensor | None, shape: tuple[int, ...], like: Tensor) -> Tensor:
@@ -94,15 +99,11 @@ def _normal_table() -> np.ndarray:
 def _randn(seeds: Tensor | None, shape: tuple[int, ...], like: Tensor) -> Tensor:
     """Per-sample standard-normal draws of ``shape`` (see :data:`NORMAL_TABLE_BITS`) -> (B, *shape) on like's
     device; sample ``i``'s deviates are a function of ``seeds[i]`` alone."""
-    if seeds is None:
-        raise ValueError("this distortion is stochastic: per-sample seeds are required")
     b = like.shape[0]
-    if seeds.numel() != b:
-        raise ValueError(f"expected {b} seeds, got {seeds.numel()}")
     n = math.prod(shape)
     table = _normal_table()
     out = np.empty((b, n), dtype=np.float32)
-    for i, seed in enumerate(seeds.tolist()):
+    for i, seed in enumerate(_seed_list(seeds, b)):
         words = np.random.SFC64(seed & 0xFFFF_FFFF_FFFF_FFFF).random_raw(-(-n // 4)).view(np.uint16)[:n]
         np.take(table, words, out=out[i])
     return torch.from_numpy(out).view(b, *shape).to(device=like.device, dtype=like.dtype)
@@ -708,7 +709,7 @@ def _copy_patches_sliced(
     """In place on a CPU batch: for each sample ``i`` and ``k < counts[i]`` in order, the ``size`` patch at
     ``src[.][i, k]`` (top, left) is copied to ``dst[.][i, k]``. A few hundred small slice copies: far cheaper on
     a CPU than one batched gather and scatter per patch index."""
-    yn = y.numpy()
+    yn = y.detach().numpy()  # a view: the copies below write into y
     (p, r), (sh, sw), (dh, dw) = size, (t.tolist() for t in src), (t.tolist() for t in dst)
     for i, n in enumerate(counts):
         for k in range(n):
@@ -778,7 +779,7 @@ def _paint_blocks_sliced(
     """A copy of CPU batch ``x`` with, for each sample ``i`` and ``k < counts[i]`` in order, the ``size`` square
     at ``(top[i, k], left[i, k])`` painted ``color[i, k]`` (3,). Slice assignments: no full-image pass per square."""
     y = x.clone()
-    yn, tops, lefts, colors = y.numpy(), top.tolist(), left.tolist(), color.cpu().numpy()
+    yn, tops, lefts, colors = y.detach().numpy(), top.tolist(), left.tolist(), color.detach().cpu().numpy()
     ph, pw = size
     for i, n in enumerate(counts):
         for k in range(n):
