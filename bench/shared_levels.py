@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import platform
 import statistics
@@ -41,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from shamisa.distortions.functional import SHARED_STAGES
     from shamisa.distortions.levels import LEVELS
     from shamisa.distortions.memory import keep_heap
+    from shamisa.fileio import atomic_write_json
     from shamisa.images import is_image_path, load_image
 
     if not args.images.is_dir():
@@ -99,10 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         "levels": 5,
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(args.out)
+    atomic_write_json(args.out, result)
     print("| type | repeated batch, CPU ms | shared stage, CPU ms | speed-up | max abs diff |")
     print("|---|---|---|---|---|")
     for row in rows:

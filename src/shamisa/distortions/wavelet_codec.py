@@ -277,11 +277,9 @@ class WaveletAnalysis:
     levels: int
     bands: list[Tensor]  # (B, 3, h_i, w_i) sub-bands, finest first, LL last
     mags: list[Tensor]  # their absolute values
-    norms: list[float]  # synthesis norm of each sub-band
     scale: Tensor  # (B, 3*S) Laplacian scale per component and sub-band, component-major
     count: Tensor  # (3*S,) coefficients per component and sub-band
-    gain: Tensor  # (3*S,) quantisation-noise gain to RGB per component and sub-band
-    comp_gain: Tensor  # (3,) column norms of the inverse ICT
+    gain: Tensor  # (3*S,) quantisation-noise gain to RGB per component and sub-band, component-major
 
 
 def jpeg2000_analysis(x: Tensor) -> WaveletAnalysis:
@@ -303,7 +301,7 @@ def jpeg2000_analysis(x: Tensor) -> WaveletAnalysis:
     scale = torch.stack([mag.mean(dim=(-2, -1)) for mag in mags], dim=2).flatten(1).clamp_min(1e-6)  # (B, 3*S)
     count = torch.tensor([band.shape[-2] * band.shape[-1] for band in bands], device=dev, dtype=torch.float32)
     gain = (comp_gain[:, None] * torch.tensor(norms, device=dev)[None, :]).flatten()  # (3*S,), component-major
-    return WaveletAnalysis((h, w), x.dtype, levels, bands, mags, norms, scale, count.repeat(3), gain, comp_gain)
+    return WaveletAnalysis((h, w), x.dtype, levels, bands, mags, scale, count.repeat(3), gain)
 
 
 def jpeg2000_synthesis(a: WaveletAnalysis, ratio: Tensor, rate_scale: float = 1.0) -> Tensor:
@@ -331,8 +329,9 @@ def jpeg2000_synthesis(a: WaveletAnalysis, ratio: Tensor, rate_scale: float = 1.
         lo = lo + width * over.sum(dim=1, keepdim=True)
     step = torch.exp2(lo[:, 0] + width)
     out_bands = []
-    for band, mag, norm in zip(a.bands, a.mags, a.norms, strict=True):
-        st = step.view(-1, 1, 1, 1) / (a.comp_gain.view(1, 3, 1, 1) * norm)  # (B, 3, 1, 1) steps
+    band_gains = a.gain.view(3, -1).t()  # (S, 3): each sub-band's gain per component
+    for band, mag, g in zip(a.bands, a.mags, band_gains, strict=True):
+        st = step.view(-1, 1, 1, 1) / g.view(1, 3, 1, 1)  # (B, 3, 1, 1) steps
         q = torch.div(mag, st).floor_()  # dead-zone indices |c| // step
         # mid-point reconstruction (|q| + 1/2) * step, zero in the dead zone, with the coefficient's sign
         out_bands.append(torch.copysign(q.add_(q.clamp_max(1.0), alpha=0.5).mul_(st), band))
