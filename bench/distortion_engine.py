@@ -14,10 +14,21 @@ crops / s over the whole span (earliest start to latest end) is the conservative
 of the processes' own rates (``crops_per_s_sum_of_workers``), what workers that run continuously deliver, is
 recorded next to it.
 
+``--engine reference --reference-repo PATH`` times the official SHAMISA engine instead (a checkout of
+github.com/Mahdi-Naseri/SHAMISA, commit 419bec3 or later, with ``utils/dither_extension/dither.so`` built; it
+needs torchvision, so run it from an environment where torchvision imports, with this package installed next to
+it): its pretraining dataset's item with the settings of its ``configs/default.yaml`` (3 refs x 4 compositions
+x 5 levels x 2 scales, up to 7 distortions, severities |N(0, 2.5)|, the prefix reused across levels), on the
+same pristine images and under the same protocol (warm-up item, start barrier, one thread per worker). Its item
+also opens, converts and crops its 3 reference images and normalises its crops; the load share is measured
+separately and recorded (``reference_load_s_per_item``).
+
 Examples::
 
     python bench/distortion_engine.py --images /work/shared/data/pristine/kodak24 --items 8 --threads 1
     python bench/distortion_engine.py --images /work/shared/data/pristine/kodak24 --items 6 --workers 2 --no-types
+    python bench/distortion_engine.py --images /work/shared/data/pristine/kodak24 --items 4 --workers 2 --no-types \
+        --engine reference --reference-repo ../SHAMISA
 """
 
 from __future__ import annotations
@@ -111,6 +122,109 @@ def bench_items(
     }
 
 
+#: The official engine's pretraining-data settings (its configs/default.yaml, ``training.data``).
+REFERENCE_SETTINGS = {
+    "patch_size": 224,
+    "max_distortions": 7,
+    "num_levels": 5,
+    "n_refs": 3,
+    "n_dist_comps": 4,
+    "n_dist_comp_levels": 5,
+    "extended_int_distortions": True,
+    "severity_discrete": False,
+    "severity_dist": "gaussian",
+    "fixed_order": False,
+    "cache_mode": "na",
+    "no_cache_opt_variant": "variant_b",
+}
+
+
+def _reference_dataset(repo: Path, folder: Path, n: int) -> Any:
+    """The official engine's structured pretraining dataset over the first ``n`` images of ``folder``."""
+    if not (repo / "data" / "dataset_kadis700_structured.py").is_file():
+        raise SystemExit(
+            f"{repo} is not a checkout of the official SHAMISA repository (no data/dataset_kadis700_structured.py)"
+        )
+    if not (repo / "utils" / "dither_extension" / "dither.so").is_file():
+        raise SystemExit(
+            f"build the official engine's dither extension first: "
+            f"g++ -O3 -fPIC -shared -fopenmp {repo}/utils/dither_extension/dither.cpp -o {repo}/utils/dither_extension/dither.so"
+        )
+    sys.path.insert(0, str(repo))
+    try:
+        from data.dataset_kadis700_structured import KADIS700StructuredDataset
+    except ImportError as e:
+        raise SystemExit(
+            f"the official engine does not import here ({e}); it needs torchvision, kornia, pandas, dotmap, pyyaml"
+        )
+    from shamisa.images import is_image_path
+
+    paths = sorted(p for p in folder.iterdir() if is_image_path(p))[:n]
+    if not paths:
+        raise SystemExit(f"no images in {folder}")
+    ds = KADIS700StructuredDataset(root=str(folder), **REFERENCE_SETTINGS)
+    ds.ref_images = paths
+    return ds
+
+
+def bench_reference_items(
+    repo: Path, folder: Path, n_items: int, seed: int, before_timing: Callable[[], object] | None = None
+) -> dict:
+    """The official engine: one warm-up item, then ``n_items`` timed ``dataset[i]`` calls (as its data workers)."""
+    import random
+
+    import numpy as np
+
+    ds = _reference_dataset(repo, folder, 24)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    times, cpu_times, n_dist = [], [], []
+    t_start = 0.0
+    for i in range(n_items + 1):
+        if i == 1:
+            if before_timing is not None:
+                before_timing()
+            t_start = time.time()
+        t0, c0 = time.perf_counter(), time.process_time()
+        item = ds[(seed + i) % len(ds.ref_images)]
+        dt, dc = time.perf_counter() - t0, time.process_time() - c0
+        if i > 0:
+            times.append(dt)
+            cpu_times.append(dc)
+            n_dist.append(float(item["num_distortions"].float().mean()))
+        assert item["dist_imgs"].shape[:3] == (6, 4, 5)
+    t_end = time.time()
+    # what the item spends on its 3 reference images (open, convert, the two crops, to float), not distortion
+    from PIL import Image
+    from utils.utils_data import resize_crop
+
+    c0 = time.process_time()
+    for i in range(3 * 8):
+        with Image.open(ds.ref_images[i % len(ds.ref_images)]) as im:
+            im = im.convert("RGB")
+            ds._to_float_tensor(resize_crop(im, 224))
+            ds._to_float_tensor(resize_crop(im, 224, downscale_factor=2))
+    load = (time.process_time() - c0) / 8
+    crops = 120
+    return {
+        "device": "cpu",
+        "engine": "reference",
+        "t_start": t_start,
+        "t_end": t_end,
+        "items": n_items,
+        "s_per_item_median": statistics.median(times),
+        "s_per_item_mean": statistics.fmean(times),
+        "crops_per_s_median": crops / statistics.median(times),
+        "crops_per_s_mean": crops / statistics.fmean(times),
+        "cpu_s_per_item_mean": statistics.fmean(cpu_times),
+        "crops_per_cpu_s": crops / statistics.fmean(cpu_times),
+        "mean_chain_length": statistics.fmean(n_dist),
+        "reference_load_s_per_item": load,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
 def bench_types(
     refs: list[torch.Tensor], device: torch.device, repeats: int, seed: int
 ) -> tuple[dict[str, float], dict[str, float]]:
@@ -148,13 +262,20 @@ def bench_types(
 BARRIER_TIMEOUT_S = 600.0
 
 
-def _worker_items(args: tuple[str, str, int, int], barrier: Any, results: Any) -> None:
-    """One data-worker process: one intra-op thread, one warm-up item, the start barrier, ``n`` timed items."""
-    folder, device, n, seed = args
+def _worker_items(args: tuple[str, str, int, int, str | None], barrier: Any, results: Any) -> None:
+    """One data-worker process: one intra-op thread, one warm-up item, the start barrier, ``n`` timed items
+    (of the official engine when ``reference_repo`` is given)."""
+    folder, device, n, seed, reference_repo = args
     try:
         torch.set_num_threads(1)
-        refs = _load_refs(Path(folder), 24)
-        r = bench_items(refs, torch.device(device), n, seed, lambda: barrier.wait(BARRIER_TIMEOUT_S))
+
+        def start() -> None:
+            barrier.wait(BARRIER_TIMEOUT_S)
+
+        if reference_repo is not None:
+            r = bench_reference_items(Path(reference_repo), Path(folder), n, seed, start)
+        else:
+            r = bench_items(_load_refs(Path(folder), 24), torch.device(device), n, seed, start)
         r["pid"] = os.getpid()
         results.put(r)
     except BaseException as e:  # noqa: BLE001 -- any failure (SystemExit too) is reported, not left hanging
@@ -162,7 +283,13 @@ def _worker_items(args: tuple[str, str, int, int], barrier: Any, results: Any) -
         results.put({"error": f"{type(e).__name__}: {e}"})
 
 
-def bench_workers(folder: Path, device: str, n_items: int, n_workers: int, seed: int) -> dict:
+def _opt_str(p: Path | None) -> str | None:
+    return None if p is None else str(p)
+
+
+def bench_workers(
+    folder: Path, device: str, n_items: int, n_workers: int, seed: int, reference_repo: Path | None = None
+) -> dict:
     """Items generated by ``n_workers`` processes (one thread each, as PyTorch data workers), ``n_items`` each,
     their timed items started together.
 
@@ -175,7 +302,14 @@ def bench_workers(folder: Path, device: str, n_items: int, n_workers: int, seed:
     barrier = ctx.Barrier(n_workers)
     results = ctx.Queue()
     procs = [
-        ctx.Process(target=_worker_items, args=((str(folder), device, n_items, seed + 1000 * k), barrier, results))
+        ctx.Process(
+            target=_worker_items,
+            args=(
+                (str(folder), device, n_items, seed + 1000 * k, _opt_str(reference_repo)),
+                barrier,
+                results,
+            ),
+        )
         for k in range(n_workers)
     ]
     for proc in procs:
@@ -204,6 +338,11 @@ def bench_workers(folder: Path, device: str, n_items: int, n_workers: int, seed:
         "crops_per_s_median": statistics.fmean(r["crops_per_s_median"] for r in rs),
         "crops_per_s_mean": statistics.fmean(r["crops_per_s_mean"] for r in rs),
         "mean_chain_length": statistics.fmean(r["mean_chain_length"] for r in rs),
+        **(
+            {"reference_load_s_per_item": statistics.fmean(r["reference_load_s_per_item"] for r in rs)}
+            if reference_repo is not None
+            else {}
+        ),
         "per_worker": rs,
     }
 
@@ -234,8 +373,24 @@ def main(argv: list[str] | None = None) -> int:
         default="openjpeg",
         help="jpeg2000 implementation: the real codec, or the labelled wavelet approximation",
     )
+    ap.add_argument(
+        "--engine",
+        choices=("shamisa", "reference"),
+        default="shamisa",
+        help="this package's engine, or the official SHAMISA engine from --reference-repo (CPU, --workers >= 1)",
+    )
+    ap.add_argument(
+        "--reference-repo", type=Path, help="checkout of the official SHAMISA repository (--engine reference)"
+    )
     ap.add_argument("--out", type=Path, default=HERE / "results" / "distortion_engine.json")
     args = ap.parse_args(argv)
+    reference = args.engine == "reference"
+    if reference and (args.reference_repo is None or args.workers < 1):
+        ap.error("--engine reference needs --reference-repo and --workers >= 1")
+    if reference:
+        args.no_types, args.devices = True, "cpu"
+        # its dither extension uses OpenMP: one thread per worker, as torch
+        os.environ["OMP_NUM_THREADS"] = "1"
 
     from shamisa.distortions.codecs import set_jpeg2000_impl
 
@@ -255,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
             "loadavg_before": os.getloadavg(),
         },
         "keep_heap": not args.no_keep_heap,
-        "jpeg2000": args.jpeg2000,
+        "engine": args.engine,
+        "jpeg2000": "openjpeg (PIL)" if reference else args.jpeg2000,
         "workers": args.workers,
         "items": {},
         "types_ms_per_120": {},
@@ -270,7 +426,14 @@ def main(argv: list[str] | None = None) -> int:
             result["machine"]["gpu"] = torch.cuda.get_device_name(0)
         print(f"[{d}] timing {args.items} items ...", file=sys.stderr, flush=True)
         if args.workers > 0:
-            result["items"][d] = bench_workers(args.images, d, args.items, args.workers, args.seed)
+            result["items"][d] = bench_workers(
+                args.images,
+                d,
+                args.items,
+                args.workers,
+                args.seed,
+                args.reference_repo if reference else None,
+            )
         else:
             result["items"][d] = bench_items(refs, dev, args.items, args.seed)
         if not args.no_types:
