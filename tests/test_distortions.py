@@ -778,3 +778,25 @@ def test_normal_draws_are_standard_normal_and_per_seed():
     assert not torch.equal(z[0], z[1])
     with pytest.raises(ValueError, match="seeds"):
         fn._randn(None, (4,), like)
+
+
+def test_lab_conversions_match_kornia_and_their_torch_route():
+    """The Lab round trip of the Lab-based types: close to kornia.color's, and the CPU route through numpy's
+    log2 / cbrt equal to the torch route other devices take (forced here with a tensor that requires grad)."""
+    import kornia
+
+    from shamisa.distortions import functional as fn
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.cat([torch.rand(2, 3, 16, 16, generator=g), natural_like_image(16, 16, seed=1)[None]])
+    x[0, :, 0, :4] = torch.tensor([0.0, 0.02, 0.04045, 1.0])  # both sides of the sRGB branch point
+    lab = fn.rgb_to_lab(x)
+    torch.testing.assert_close(lab, kornia.color.rgb_to_lab(x), atol=3e-4, rtol=0)
+    torch.testing.assert_close(fn.lab_to_rgb(lab), kornia.color.lab_to_rgb(lab, clip=True), atol=2e-5, rtol=0)
+    torch.testing.assert_close(fn.lab_to_rgb(lab), x, atol=2e-5, rtol=0)
+    t = torch.rand(4096, generator=g) * 2 + 1e-6
+    torch.testing.assert_close(fn._log2_(t.clone()), torch.log2(t), atol=0, rtol=2e-6)
+    torch.testing.assert_close(fn._cbrt_(t.clone()), t.pow(1 / 3), atol=0, rtol=2e-6)
+    with torch.no_grad():  # the torch route (in place on a leaf that requires grad: allowed under no_grad)
+        torch.testing.assert_close(fn._cbrt_(t.clone().requires_grad_()), t.pow(1 / 3), atol=0, rtol=2e-6)
+        torch.testing.assert_close(fn._log2_(t.clone().requires_grad_()), torch.log2(t), atol=0, rtol=2e-6)

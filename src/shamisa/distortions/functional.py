@@ -350,14 +350,34 @@ _SRGB_T, _LIN_T, _LAB_T, _F_T = 0.04045, 0.0031308, 0.008856, 0.2068966
 _LOG2_1055 = math.log2(1.055)
 
 
+def _log2_(t: Tensor) -> Tensor:
+    """``t.log2_()``; on CPU tensors numpy's vectorised log2, 2-4x cheaper than torch's there."""
+    if t.device.type == "cpu" and not t.requires_grad:
+        a = t.numpy()
+        np.log2(a, out=a)
+        return t
+    return t.log2_()
+
+
+def _cbrt_(t: Tensor) -> Tensor:
+    """In place cube root of non-negative ``t``: numpy's ``cbrt`` on the CPU (~4x cheaper than the exp2-log2
+    route there), ``exp2(log2(t) / 3)`` elsewhere."""
+    if t.device.type == "cpu" and not t.requires_grad:
+        a = t.numpy()
+        np.cbrt(a, out=a)
+        return t
+    return t.log2_().mul_(1.0 / 3.0).exp2_()
+
+
 def rgb_to_lab(x: Tensor) -> Tensor:
     """(B, 3, H, W) sRGB in [0, 1] -> Lab (L in [0, 100]); matches ``kornia.color.rgb_to_lab`` to ~2e-4."""
     x = x.clamp(0, 1)
-    # powers of positive values as exp2(p log2 t): about 1.7x faster than pow on CPUs, same to ~1e-6
-    lin = x.clamp_min(_SRGB_T).add_(0.055).log2_().sub_(_LOG2_1055).mul_(2.4).exp2_()  # ((x + .055) / 1.055)^2.4
+    # powers of positive values as exp2(p log2 t): about 1.7x faster than pow on CPUs, same to ~1e-6 (log2 and the
+    # cube root through numpy on CPUs: see _log2_, _cbrt_)
+    lin = _log2_(x.clamp_min(_SRGB_T).add_(0.055)).sub_(_LOG2_1055).mul_(2.4).exp2_()  # ((x + .055) / 1.055)^2.4
     lin.add_(x.clamp_max_(_SRGB_T).sub_(_SRGB_T).mul_(1 / 12.92))
     t = _mix3(lin, _RGB2XYZ)
-    f = t.clamp_min(_LAB_T).log2_().mul_(1.0 / 3.0).exp2_().add_(t.clamp_max_(_LAB_T).sub_(_LAB_T).mul_(7.787))
+    f = _cbrt_(t.clamp_min(_LAB_T)).add_(t.clamp_max_(_LAB_T).sub_(_LAB_T).mul_(7.787))
     out = torch.empty_like(f)
     torch.sub(f[:, 1:2], f[:, 2:3], alpha=1.0, out=out[:, 2:3]).mul_(200.0)
     torch.sub(f[:, 0:1], f[:, 1:2], out=out[:, 1:2]).mul_(500.0)
@@ -375,7 +395,7 @@ def lab_to_rgb(lab: Tensor) -> Tensor:
     t = f.clamp_min(_F_T)
     t = t.mul(t).mul_(t).add_(f.clamp_max_(_F_T).sub_(_F_T).mul_(1 / 7.787))
     lin = _mix3(t, _XYZ2RGB)
-    rgb = lin.clamp_min(_LIN_T).log2_().mul_(1 / 2.4).add_(_LOG2_1055).exp2_().sub_(0.055)  # 1.055 lin^(1/2.4) - .055
+    rgb = _log2_(lin.clamp_min(_LIN_T)).mul_(1 / 2.4).add_(_LOG2_1055).exp2_().sub_(0.055)  # 1.055 lin^(1/2.4) - .055
     rgb.add_(lin.clamp_max_(_LIN_T).sub_(_LIN_T).mul_(12.92))
     return rgb.clamp_(0, 1)
 
