@@ -800,3 +800,23 @@ def test_lab_conversions_match_kornia_and_their_torch_route():
     with torch.no_grad():  # the torch route (in place on a leaf that requires grad: allowed under no_grad)
         torch.testing.assert_close(fn._cbrt_(t.clone().requires_grad_()), t.pow(1 / 3), atol=0, rtol=2e-6)
         torch.testing.assert_close(fn._log2_(t.clone().requires_grad_()), torch.log2(t), atol=0, rtol=2e-6)
+
+
+def test_colour_matrix_numpy_route_equals_torch_route():
+    """mix3 on CPU tensors (numpy's matmul) equals the torch route other devices take, with and without a bias,
+    for float32 and float64, on a non-contiguous input; bad shapes are refused."""
+    from shamisa.distortions.colour_matrix import mix3
+
+    g = torch.Generator().manual_seed(0)
+    m = torch.randn(3, 3, generator=g, dtype=torch.float64)
+    bias = torch.randn(3, generator=g, dtype=torch.float64)
+    for dtype in (torch.float32, torch.float64):
+        x = torch.rand(2, 3, 9, 14, generator=g, dtype=torch.float64).to(dtype).transpose(2, 3)  # (2, 3, 14, 9) strided
+        want = torch.einsum("rc,bchw->brhw", m.to(dtype), x)
+        torch.testing.assert_close(mix3(x, m), want)
+        torch.testing.assert_close(mix3(x, m, bias), want + bias.to(dtype).view(1, 3, 1, 1))
+        with torch.no_grad():
+            torch.testing.assert_close(mix3(x.clone().requires_grad_(), m, bias), want + bias.to(dtype).view(1, 3, 1, 1))
+        assert mix3(x, m).dtype == dtype
+    with pytest.raises(ValueError, match="3x3"):
+        mix3(torch.rand(1, 4, 2, 2), m)

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from shamisa.distortions.codecs import jpeg2000_impl, jpeg2000_pillow, jpeg_pillow, thread_pool
+from shamisa.distortions.colour_matrix import mix3
 
 if TYPE_CHECKING:
     from shamisa.distortions.wavelet_codec import WaveletAnalysis
@@ -339,10 +340,8 @@ _XYZ2RGB = (
 
 
 def _mix3(x: Tensor, m: tuple[tuple[float, float, float], ...]) -> Tensor:
-    """Per-pixel 3x3 colour matrix: (B, 3, H, W) -> (B, 3, H, W), as one batched matrix product."""
-    mm = torch.tensor(m, device=x.device, dtype=x.dtype)
-    b, _, h, w = x.shape
-    return torch.matmul(mm, x.reshape(b, 3, h * w)).view(b, 3, h, w)
+    """Per-pixel 3x3 colour matrix: (B, 3, H, W) -> (B, 3, H, W) (:func:`~shamisa.distortions.colour_matrix.mix3`)."""
+    return mix3(x, torch.tensor(m, dtype=torch.float64))
 
 
 # Piecewise curves are evaluated without torch.where (slow on CPUs): with a continuous join at t,
@@ -615,8 +614,7 @@ _YCC_TO_RGB = torch.tensor([[1.0, 0.0, 1.403], [1.0, -0.344, -0.714], [1.0, 1.77
 def whitenoiseCC(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:  # noqa: N802
     """White Gaussian noise of variance ``v`` added in YCbCr (each of Y, Cb, Cr), mapped back to RGB."""
     n = _randn(seeds, tuple(x.shape[1:]), x) * _col(v, x).sqrt()
-    m = _YCC_TO_RGB.to(device=x.device, dtype=x.dtype)
-    return x + torch.einsum("rc,bchw->brhw", m, n)
+    return mix3(n, _YCC_TO_RGB).add_(x)
 
 
 def impulsenoise(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:

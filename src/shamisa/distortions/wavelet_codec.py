@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from shamisa.distortions.codecs import J2K_RESOLUTIONS
+from shamisa.distortions.colour_matrix import mix3
 
 #: CDF 9/7 lifting coefficients (JPEG2000 Part 1, irreversible transform).
 _ALPHA = -1.586134342059924
@@ -247,10 +248,8 @@ SEARCH_POINTS = 64
 
 
 def _colour(x: Tensor, matrix: Tensor, bias: Tensor) -> Tensor:
-    """``matrix @ pixel + bias`` for every pixel of (B, 3, H, W), as one batched matrix product."""
-    b, _, h, w = x.shape
-    out = torch.baddbmm(bias.view(1, 3, 1).expand(b, 3, 1), matrix.expand(b, 3, 3), x.reshape(b, 3, h * w))
-    return out.view(b, 3, h, w)
+    """``matrix @ pixel + bias`` for every pixel of (B, 3, H, W)."""
+    return mix3(x, matrix, bias)
 
 
 def jpeg2000_approx(x: Tensor, ratio: Tensor, rate_scale: float = 1.0) -> Tensor:
