@@ -820,3 +820,24 @@ def test_colour_matrix_numpy_route_equals_torch_route():
         assert mix3(x, m).dtype == dtype
     with pytest.raises(ValueError, match="3x3"):
         mix3(torch.rand(1, 4, 2, 2), m)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_fft_filtering_equals_direct_correlation(shared):
+    """filter2d's FFT path (kernels over 7x7; scipy.fft on the CPU, torch.fft elsewhere, forced here by a kernel
+    that requires grad) equals a direct correlation of the replicate-padded images."""
+    import torch.nn.functional as F
+
+    from shamisa.distortions import functional as fn
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(3, 3, 20, 27, generator=g)
+    k = torch.rand(1 if shared else 3, 9, 9, generator=g, dtype=torch.float64).expand(3, 9, 9).contiguous()
+    k = k / k.sum(dim=(1, 2), keepdim=True)
+    xp = F.pad(x, (4, 4, 4, 4), mode="replicate")
+    want = torch.cat([F.conv2d(xp[i : i + 1].transpose(0, 1), k[i].float()[None, None]).transpose(0, 1) for i in range(3)])
+    torch.testing.assert_close(fn.filter2d(x, k), want, atol=2e-6, rtol=0)
+    xs, ks = torch.rand(2, 3, 16, 18, generator=g), torch.rand(2, 16, 18, generator=g)
+    torch.testing.assert_close(
+        fn._fft_correlate(xs, ks), fn._fft_correlate(xs.clone().requires_grad_(), ks).detach(), atol=0, rtol=2e-6
+    )  # sums of ~300 products of order 0.25: relative agreement
