@@ -70,21 +70,26 @@ def has_jpeg2000() -> bool:
     return bool(features.check("jpg_2000"))
 
 
-def _to_uint8_hwc(x: torch.Tensor) -> np.ndarray:
-    """(B, 3, H, W) float in [0, 1] -> (B, H, W, 3) uint8 (rounded)."""
-    levels = x.detach().float().clamp(0, 1).mul_(255.0).round_()
-    out = torch.empty((x.shape[0], x.shape[2], x.shape[3], x.shape[1]), dtype=torch.uint8, device=x.device)
-    out.copy_(levels.permute(0, 2, 3, 1))  # to 8 bits and to channels-last in one pass, contiguous for the codec
-    return out.cpu().numpy()
+def _to_rgb_images(x: torch.Tensor) -> list[Image.Image]:
+    """(B, 3, H, W) float in [0, 1] -> B RGB images (8 bits, rounded). The planes are converted to 8 bits as they
+    are and interleaved by Pillow's ``merge``: about half the cost of a channels-last conversion copy."""
+    planes = x.detach().float().clamp(0, 1).mul_(255.0).round_().to(device="cpu", dtype=torch.uint8).numpy()
+    _, _, h, w = planes.shape
+    return [
+        Image.merge("RGB", [Image.frombuffer("L", (w, h), plane, "raw", "L", 0, 1) for plane in image])
+        for image in planes
+    ]
 
 
-def _map_batch(x: torch.Tensor, params: list[float], codec: Callable[[np.ndarray, float], np.ndarray]) -> torch.Tensor:
-    arr = _to_uint8_hwc(x)
+def _map_batch(
+    x: torch.Tensor, params: list[float], codec: Callable[[Image.Image, float], np.ndarray]
+) -> torch.Tensor:
+    images = _to_rgb_images(x)
     n_threads = max(1, torch.get_num_threads())
     if len(params) > 1 and n_threads > 1:
-        outs = list(thread_pool().map(codec, list(arr), params))
+        outs = list(thread_pool().map(codec, images, params))
     else:
-        outs = [codec(a, p) for a, p in zip(arr, params, strict=True)]
+        outs = [codec(im, p) for im, p in zip(images, params, strict=True)]
     y = torch.empty(x.shape, dtype=torch.float32)
     yn = y.numpy()
     for i, decoded in enumerate(outs):  # back to (3, H, W) in [0, 1], one pass per image (float32 arithmetic)
@@ -99,17 +104,17 @@ def _decode_rgb(data: bytes) -> np.ndarray:
         return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
 
 
-def _jpeg_one(a: np.ndarray, quality: float) -> np.ndarray:
+def _jpeg_one(im: Image.Image, quality: float) -> np.ndarray:
     buf = io.BytesIO()
-    Image.fromarray(a).save(buf, format="JPEG", quality=int(min(100, max(1, round(quality)))))
+    im.save(buf, format="JPEG", quality=int(min(100, max(1, round(quality)))))
     return _decode_rgb(buf.getvalue())
 
 
-def _j2k_one(a: np.ndarray, ratio: float) -> np.ndarray:
-    h, w = a.shape[:2]
+def _j2k_one(im: Image.Image, ratio: float) -> np.ndarray:
+    w, h = im.size
     n_res = max(1, min(J2K_RESOLUTIONS, int(math.floor(math.log2(max(1, min(h, w))))) + 1))
     buf = io.BytesIO()
-    Image.fromarray(a).save(
+    im.save(
         buf,
         format="JPEG2000",
         quality_mode="rates",
