@@ -155,16 +155,18 @@ def _sep_direct(x: Tensor, k: Tensor) -> Tensor:
     for dim in (-1, -2):
         pad = (p, p, 0, 0) if dim == -1 else (0, 0, p, p)
         xp = F.pad(x, pad, mode="replicate")
-        out = torch.zeros_like(x)
+        out = None  # the first tap writes the output (no zero-filled start)
         for t in range(kk):
             win = xp[..., t : t + w] if dim == -1 else xp[..., t : t + h, :]
             if same:
                 wt = float(k[0, t])
-                if wt != 0.0:
-                    out.add_(win, alpha=wt)
+                if wt == 0.0:
+                    continue
+                out = torch.mul(win, wt) if out is None else out.add_(win, alpha=wt)
             else:
-                out.addcmul_(win, k[:, t].view(-1, 1, 1, 1))
-        x = out
+                kt = k[:, t].view(-1, 1, 1, 1)
+                out = torch.mul(win, kt) if out is None else out.addcmul_(win, kt)
+        x = torch.zeros_like(x) if out is None else out
     return x
 
 
@@ -215,7 +217,7 @@ def filter2d(x: Tensor, k: Tensor) -> Tensor:
     k = (k[:1] if same else k).to(device=x.device, dtype=x.dtype)
     xp = F.pad(x, (p, p, p, p), mode="replicate")
     if kk <= DIRECT_MAX_K:
-        out = torch.zeros_like(x)
+        out = None  # the first tap writes the output (no zero-filled start)
         nz = (k != 0).any(0)
         for i in range(kk):
             for j in range(kk):
@@ -223,10 +225,12 @@ def filter2d(x: Tensor, k: Tensor) -> Tensor:
                     continue
                 win = xp[..., i : i + h, j : j + w]
                 if same:
-                    out.add_(win, alpha=float(k[0, i, j]))
+                    wt = float(k[0, i, j])
+                    out = torch.mul(win, wt) if out is None else out.add_(win, alpha=wt)
                 else:
-                    out.addcmul_(win, k[:, i, j].view(-1, 1, 1, 1))
-        return out
+                    kt = k[:, i, j].view(-1, 1, 1, 1)
+                    out = torch.mul(win, kt) if out is None else out.addcmul_(win, kt)
+        return torch.zeros_like(x) if out is None else out
     h2, w2 = _fft_size(h + 2 * p), _fft_size(w + 2 * p)
     xp = F.pad(x, (p, p + w2 - w - 2 * p, p, p + h2 - h - 2 * p), mode="replicate").float()
     kp = torch.zeros(k.shape[0], h2, w2, device=x.device, dtype=torch.float32)
