@@ -840,3 +840,14 @@ def test_fft_filtering_equals_direct_correlation(shared):
     kk = k[:1] if shared else k
     for step in (1, 2, 3):
         torch.testing.assert_close(fn._fft_filter(x, kk, step), want, atol=2e-6, rtol=0)
+
+
+def test_lab_round_trip_in_half_precision_takes_the_torch_route():
+    """bfloat16 / float16 CPU tensors (no numpy view) go through torch's log2 and cube root."""
+    from shamisa.distortions import functional as fn
+
+    x = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    for dtype, tol in ((torch.bfloat16, 4.0), (torch.float16, 0.6)):  # a* = 500 (fx - fy) magnifies rounding
+        lab = fn.rgb_to_lab(x.to(dtype))
+        assert lab.dtype == dtype
+        torch.testing.assert_close(lab.float(), fn.rgb_to_lab(x), atol=tol, rtol=0)
