@@ -104,12 +104,27 @@ def bench_items(
         assert sb.dist.shape[:3] == (6, 4, 5)
     t_end = time.time()
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
-    crops = 120
     return {
         "device": str(device),
+        **_timing_stats(t_start, t_end, times, cpu_times, n_dist),
+        "minor_page_faults_per_item": faults / n_items,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def _timing_stats(
+    t_start: float,
+    t_end: float,
+    times: list[float],
+    cpu_times: list[float],
+    n_dist: list[float],
+    crops: int = 120,
+) -> dict:
+    """The per-item figures of a timed run (wall and CPU seconds per item, crops per second, chain length)."""
+    return {
         "t_start": t_start,
         "t_end": t_end,
-        "items": n_items,
+        "items": len(times),
         "s_per_item_median": statistics.median(times),
         "s_per_item_mean": statistics.fmean(times),
         "crops_per_s_median": crops / statistics.median(times),
@@ -117,8 +132,6 @@ def bench_items(
         "cpu_s_per_item_mean": statistics.fmean(cpu_times),
         "crops_per_cpu_s": crops / statistics.fmean(cpu_times),
         "mean_chain_length": statistics.fmean(n_dist),
-        "minor_page_faults_per_item": faults / n_items,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
 
@@ -206,20 +219,10 @@ def bench_reference_items(
             ds._to_float_tensor(resize_crop(im, 224))
             ds._to_float_tensor(resize_crop(im, 224, downscale_factor=2))
     load = (time.process_time() - c0) / 8
-    crops = 120
     return {
         "device": "cpu",
         "engine": "reference",
-        "t_start": t_start,
-        "t_end": t_end,
-        "items": n_items,
-        "s_per_item_median": statistics.median(times),
-        "s_per_item_mean": statistics.fmean(times),
-        "crops_per_s_median": crops / statistics.median(times),
-        "crops_per_s_mean": crops / statistics.fmean(times),
-        "cpu_s_per_item_mean": statistics.fmean(cpu_times),
-        "crops_per_cpu_s": crops / statistics.fmean(cpu_times),
-        "mean_chain_length": statistics.fmean(n_dist),
+        **_timing_stats(t_start, t_end, times, cpu_times, n_dist),
         "reference_load_s_per_item": load,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
