@@ -80,15 +80,8 @@ def bench_items(
     from shamisa.distortions import build_structured_batch
 
     g = torch.Generator().manual_seed(seed)
-    times, cpu_times, n_dist = [], [], []
-    t_start = 0.0
-    faults0 = 0
-    for i in range(n_items + 1):
-        if i == 1:
-            if before_timing is not None:
-                before_timing()
-            t_start = time.time()
-            faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+    def one(_: int) -> tuple[float, float, float]:
         full, half, comps = _item(refs, g, device)
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -97,34 +90,37 @@ def bench_items(
         if device.type == "cuda":
             torch.cuda.synchronize()
         dt, dc = time.perf_counter() - t0, time.process_time() - c0
+        assert sb.dist.shape[:3] == (6, 4, 5)
+        return dt, dc, float(comps.n_dist.float().mean())
+
+    return {"device": str(device), **_timed_items(n_items, one, before_timing)}
+
+
+def _timed_items(
+    n_items: int, one: Callable[[int], tuple[float, float, float]], before_timing: Callable[[], object] | None
+) -> dict:
+    """``one(0)`` as a warm-up, ``before_timing()``, then ``one(1..n_items)`` timed; ``one`` returns the wall and
+    CPU seconds of its item and the item's mean chain length."""
+    times, cpu_times, n_dist = [], [], []
+    t_start, faults0 = 0.0, 0
+    for i in range(n_items + 1):
+        if i == 1:
+            if before_timing is not None:
+                before_timing()
+            t_start = time.time()
+            faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        dt, dc, chain = one(i)
         if i > 0:  # the first item warms up
             times.append(dt)
             cpu_times.append(dc)
-            n_dist.append(float(comps.n_dist.float().mean()))
-        assert sb.dist.shape[:3] == (6, 4, 5)
+            n_dist.append(chain)
     t_end = time.time()
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
-    return {
-        "device": str(device),
-        **_timing_stats(t_start, t_end, times, cpu_times, n_dist),
-        "minor_page_faults_per_item": faults / n_items,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
-
-
-def _timing_stats(
-    t_start: float,
-    t_end: float,
-    times: list[float],
-    cpu_times: list[float],
-    n_dist: list[float],
-    crops: int = 120,
-) -> dict:
-    """The per-item figures of a timed run (wall and CPU seconds per item, crops per second, chain length)."""
+    crops = 120
     return {
         "t_start": t_start,
         "t_end": t_end,
-        "items": len(times),
+        "items": n_items,
         "s_per_item_median": statistics.median(times),
         "s_per_item_mean": statistics.fmean(times),
         "crops_per_s_median": crops / statistics.median(times),
@@ -132,6 +128,8 @@ def _timing_stats(
         "cpu_s_per_item_mean": statistics.fmean(cpu_times),
         "crops_per_cpu_s": crops / statistics.fmean(cpu_times),
         "mean_chain_length": statistics.fmean(n_dist),
+        "minor_page_faults_per_item": faults / n_items,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
 
@@ -192,22 +190,15 @@ def bench_reference_items(
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    times, cpu_times, n_dist = [], [], []
-    t_start = 0.0
-    for i in range(n_items + 1):
-        if i == 1:
-            if before_timing is not None:
-                before_timing()
-            t_start = time.time()
+
+    def one(i: int) -> tuple[float, float, float]:
         t0, c0 = time.perf_counter(), time.process_time()
         item = ds[(seed + i) % len(ds.ref_images)]
         dt, dc = time.perf_counter() - t0, time.process_time() - c0
-        if i > 0:
-            times.append(dt)
-            cpu_times.append(dc)
-            n_dist.append(float(item["num_distortions"].float().mean()))
         assert item["dist_imgs"].shape[:3] == (6, 4, 5)
-    t_end = time.time()
+        return dt, dc, float(item["num_distortions"].float().mean())
+
+    timed = _timed_items(n_items, one, before_timing)
     # what the item spends on its 3 reference images (open, convert, the two crops, to float), not distortion
     from PIL import Image
     from utils.utils_data import resize_crop
@@ -219,13 +210,7 @@ def bench_reference_items(
             ds._to_float_tensor(resize_crop(im, 224))
             ds._to_float_tensor(resize_crop(im, 224, downscale_factor=2))
     load = (time.process_time() - c0) / 8
-    return {
-        "device": "cpu",
-        "engine": "reference",
-        **_timing_stats(t_start, t_end, times, cpu_times, n_dist),
-        "reference_load_s_per_item": load,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
+    return {"device": "cpu", "engine": "reference", **timed, "reference_load_s_per_item": load}
 
 
 def bench_types(

@@ -344,21 +344,25 @@ def motion_kernels(length: Tensor, angle_deg: Tensor) -> Tensor:
 
 # sRGB (D65) <-> CIE Lab, the constants of kornia.color (rgb_to_lab / lab_to_rgb), written out per channel:
 # far fewer passes over the data than the generic implementation.
-_RGB2XYZ = (
-    (0.412453 / 0.95047, 0.357580 / 0.95047, 0.180423 / 0.95047),
-    (0.212671, 0.715160, 0.072169),
-    (0.019334 / 1.08883, 0.119193 / 1.08883, 0.950227 / 1.08883),
+_RGB2XYZ = torch.tensor(
+    [
+        [0.412453 / 0.95047, 0.357580 / 0.95047, 0.180423 / 0.95047],
+        [0.212671, 0.715160, 0.072169],
+        [0.019334 / 1.08883, 0.119193 / 1.08883, 0.950227 / 1.08883],
+    ],
+    dtype=torch.float64,
 )
-_XYZ2RGB = (
-    (3.2404813432005266 * 0.95047, -1.5371515162713185, -0.4985363261688878 * 1.08883),
-    (-0.9692549499965682 * 0.95047, 1.8759900014898907, 0.0415559265582928 * 1.08883),
-    (0.0556466391351772 * 0.95047, -0.2040413383665112, 1.0573110696453443 * 1.08883),
+_XYZ2RGB = torch.tensor(
+    [
+        [3.2404813432005266 * 0.95047, -1.5371515162713185, -0.4985363261688878 * 1.08883],
+        [-0.9692549499965682 * 0.95047, 1.8759900014898907, 0.0415559265582928 * 1.08883],
+        [0.0556466391351772 * 0.95047, -0.2040413383665112, 1.0573110696453443 * 1.08883],
+    ],
+    dtype=torch.float64,
 )
-
-
-def _mix3(x: Tensor, m: tuple[tuple[float, float, float], ...]) -> Tensor:
-    """Per-pixel 3x3 colour matrix: (B, 3, H, W) -> (B, 3, H, W) (:func:`~shamisa.distortions.colour_matrix.mix3`)."""
-    return mix3(x, torch.tensor(m, dtype=torch.float64))
+#: ITU-R BT.601 luma weights (colorshift's edge map) in each row: the first output channel of this 3x3 product is
+#: the luma. (A 1x3 product is rounded differently by BLAS, so it would change colorshift's outputs by an ulp.)
+_LUMA3 = torch.tensor([[0.299, 0.587, 0.114]] * 3, dtype=torch.float64)
 
 
 # Piecewise curves are evaluated without torch.where (slow on CPUs): with a continuous join at t,
@@ -372,33 +376,34 @@ def _numpy_ok(t: Tensor) -> bool:
     return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and not t.requires_grad
 
 
-def _log2_(t: Tensor) -> Tensor:
-    """``t.log2_()``; on CPU tensors numpy's vectorised log2, 2-4x cheaper than torch's there."""
+def _in_place(t: Tensor, ufunc: np.ufunc, torch_route: Callable[[Tensor], Tensor]) -> Tensor:
+    """``ufunc`` applied to ``t`` in place through a numpy view where :func:`_numpy_ok`, else ``torch_route(t)``."""
     if _numpy_ok(t):
         a = t.numpy()
-        np.log2(a, out=a)
+        ufunc(a, out=a)
         return t
-    return t.log2_()
+    return torch_route(t)
+
+
+def _log2_(t: Tensor) -> Tensor:
+    """``t.log2_()``; on CPU tensors numpy's vectorised log2, 2-4x cheaper than torch's there."""
+    return _in_place(t, np.log2, Tensor.log2_)
 
 
 def _cbrt_(t: Tensor) -> Tensor:
     """In place cube root of non-negative ``t``: numpy's ``cbrt`` on the CPU (~4x cheaper than the exp2-log2
     route there), ``exp2(log2(t) / 3)`` elsewhere."""
-    if _numpy_ok(t):
-        a = t.numpy()
-        np.cbrt(a, out=a)
-        return t
-    return t.log2_().mul_(1.0 / 3.0).exp2_()
+    return _in_place(t, np.cbrt, lambda u: u.log2_().mul_(1.0 / 3.0).exp2_())
 
 
 def rgb_to_lab(x: Tensor) -> Tensor:
     """(B, 3, H, W) sRGB in [0, 1] -> Lab (L in [0, 100]); matches ``kornia.color.rgb_to_lab`` to ~3e-4."""
     x = x.clamp(0, 1)
     # powers of positive values as exp2(p log2 t): about 1.7x faster than pow on CPUs, same to ~1e-6 (log2 and the
-    # cube root through numpy on CPUs: see _log2_, _cbrt_)
+    # cube root through numpy on CPUs: see _in_place)
     lin = _log2_(x.clamp_min(_SRGB_T).add_(0.055)).sub_(_LOG2_1055).mul_(2.4).exp2_()  # ((x + .055) / 1.055)^2.4
     lin.add_(x.clamp_max_(_SRGB_T).sub_(_SRGB_T).mul_(1 / 12.92))
-    t = _mix3(lin, _RGB2XYZ)
+    t = mix3(lin, _RGB2XYZ)
     f = _cbrt_(t.clamp_min(_LAB_T)).add_(t.clamp_max_(_LAB_T).sub_(_LAB_T).mul_(7.787))
     out = torch.empty_like(f)
     torch.sub(f[:, 1:2], f[:, 2:3], alpha=1.0, out=out[:, 2:3]).mul_(200.0)
@@ -416,7 +421,7 @@ def lab_to_rgb(lab: Tensor) -> Tensor:
     torch.sub(fy, lab[:, 2:3], alpha=1 / 200.0, out=f[:, 2:3]).clamp_min_(0.0)
     t = f.clamp_min(_F_T)
     t = t.mul(t).mul_(t).add_(f.clamp_max_(_F_T).sub_(_F_T).mul_(1 / 7.787))
-    lin = _mix3(t, _XYZ2RGB)
+    lin = mix3(t, _XYZ2RGB)
     rgb = _log2_(lin.clamp_min(_LIN_T)).mul_(1 / 2.4).add_(_LOG2_1055).exp2_().sub_(0.055)  # 1.055 lin^(1/2.4) - .055
     rgb.add_(lin.clamp_max_(_LIN_T).sub_(_LIN_T).mul_(12.92))
     return rgb.clamp_(0, 1)
@@ -537,7 +542,7 @@ def _edge_weight(x: Tensor) -> Tensor:
     """colorshift's blending weight (B, 1, H, W): smoothed gradient magnitude of the luma, min-max normalised
     and clipped to its 1 % and 99 % percentiles."""
     b, _, h, w = x.shape
-    gray = _mix3(x, ((0.299, 0.587, 0.114),) * 3)[:, :1]
+    gray = mix3(x, _LUMA3)[:, :1]
     gp = F.pad(gray, (1, 1, 1, 1), mode="replicate")
     gx = (gp[..., 1:-1, 2:] - gp[..., 1:-1, :-2]) * 0.5  # central differences (kornia "diff" mode)
     gy = (gp[..., 2:, 1:-1] - gp[..., :-2, 1:-1]) * 0.5

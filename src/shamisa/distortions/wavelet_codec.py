@@ -247,11 +247,6 @@ SEARCH_ROUNDS = 4
 SEARCH_POINTS = 64
 
 
-def _colour(x: Tensor, matrix: Tensor, bias: Tensor) -> Tensor:
-    """``matrix @ pixel + bias`` for every pixel of (B, 3, H, W)."""
-    return mix3(x, matrix, bias)
-
-
 def jpeg2000_approx(x: Tensor, ratio: Tensor, rate_scale: float = 1.0) -> Tensor:
     """Approximate lossy JPEG2000 of a batch at per-sample compression ``ratio`` (see the module docstring).
 
@@ -289,8 +284,7 @@ def jpeg2000_analysis(x: Tensor) -> WaveletAnalysis:
     dev = x.device
     levels = wavelet_levels(h, w)
     img = x.detach().float().clamp(0, 1).mul_(255.0).round_()
-    ict = _ICT.to(dev)
-    ycc = _colour(img, ict, ict.sum(dim=1) * -128.0)  # the ICT of the level-shifted image (pixel - 128)
+    ycc = mix3(img, _ICT, _ICT.sum(dim=1) * -128.0)  # the ICT of the level-shifted image (pixel - 128)
     bands = [band for level in dwt2(ycc, levels) for band in level]  # (B, 3, h_i, w_i), finest first
     norms = [n for level in synthesis_norms(levels) for n in level]
     # colour: noise in Y, Cb, Cr reaches RGB with these gains (column norms of the inverse ICT)
@@ -335,5 +329,5 @@ def jpeg2000_synthesis(a: WaveletAnalysis, ratio: Tensor, rate_scale: float = 1.
         # mid-point reconstruction (|q| + 1/2) * step, zero in the dead zone, with the coefficient's sign
         out_bands.append(torch.copysign(q.add_(q.clamp_max(1.0), alpha=0.5).mul_(st), band))
     rec = idwt2([out_bands[i : i + 3] for i in range(0, 3 * a.levels, 3)] + [out_bands[-1:]])
-    rgb = _colour(rec, _ICT_INV.to(dev), torch.full((3,), 128.0, device=dev))
+    rgb = mix3(rec, _ICT_INV, torch.full((3,), 128.0))
     return rgb.clamp_(0, 255).round_().div_(255.0).to(a.dtype)
