@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -851,3 +852,93 @@ def test_lab_round_trip_in_half_precision_takes_the_torch_route():
         lab = fn.rgb_to_lab(x.to(dtype))
         assert lab.dtype == dtype
         torch.testing.assert_close(lab.float(), fn.rgb_to_lab(x), atol=tol, rtol=0)
+
+
+def test_level_sources_name_the_first_level_of_each_repeated_value():
+    from shamisa.distortions.registry import level_sources
+
+    vals = torch.tensor([30.0, 10.0, 30.0, 10.0, 5.0], dtype=torch.float64)
+    assert level_sources("jpeg", vals) == [0, 1, 0, 1, 4]
+    assert level_sources("colorsat2", vals) == [0, 1, 0, 1, 4]
+    assert level_sources("jitter", vals) == [0, 1, 2, 3, 4]  # stochastic: fresh draws per level
+    assert level_sources("gaublur", torch.tensor([1.0, 2.0, 3.0])) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("name", ["colorsat2", "quantization", "jitter"])
+def test_repeated_level_values_are_computed_once(name, batch, monkeypatch):
+    """A deterministic type's level that repeats an earlier value is copied from it (the type runs once per
+    distinct value); every level still equals the type applied on its own with that level's seeds."""
+    from shamisa.distortions import apply_levels
+    from shamisa.distortions import functional as fn
+    from shamisa.distortions import registry
+
+    lv = torch.tensor(LEVELS[name], dtype=torch.float64)[[1, 3, 1, 1, 3]]
+    seeds = torch.arange(15) + 500
+    calls: list[int] = []
+    spec = registry.DISTORTIONS[name]
+    stages = fn.SHARED_STAGES.get(name)
+    if stages is None:
+        monkeypatch.setitem(registry.DISTORTIONS, name, dataclasses.replace(
+            spec, fn=lambda x, v, s, _f=spec.fn: calls.append(1) or _f(x, v, s)))
+    else:
+        prepare, finish = stages
+        monkeypatch.setitem(fn.SHARED_STAGES, name, (prepare, lambda *a, _f=finish: calls.append(1) or _f(*a)))
+    got = apply_levels(batch, name, lv, seeds=seeds).view(5, 3, 3, H, W)
+    assert len(calls) == (5 if spec.stochastic else 2)
+    monkeypatch.undo()
+    for lev in range(5):
+        alone = apply_distortion(batch, name, lv[lev].expand(3), seeds=seeds[lev * 3 : (lev + 1) * 3])
+        assert torch.equal(got[lev], alone)
+    if spec.stochastic:
+        assert not torch.equal(got[0], got[2])
+    else:
+        assert torch.equal(got[0], got[2]) and torch.equal(got[1], got[4])
+
+
+@pytest.mark.parametrize("suffix", [["quantization", "gaublur"], ["quantization", "whitenoise"]])
+def test_builder_repeated_levels_equal_the_chain(suffix):
+    """A composition whose deterministic varying slot repeats a value: with a deterministic suffix the level's
+    whole result is copied, with a stochastic one the suffix runs with the level's own draws; either way the
+    item equals the chain applied level by level."""
+    from shamisa.distortions import apply_levels
+    from shamisa.distortions.levels import DISTORTION_NAMES
+    from shamisa.distortions.sampler import Compositions
+
+    r, p = 2, 24
+    full = torch.stack([natural_like_image(p, p, seed=50 + i) for i in range(r)])
+    half = torch.stack([natural_like_image(p, p, seed=60 + i) for i in range(r)])
+    names = ["gaublur", "jpeg", *suffix]
+    ids = torch.tensor([[DISTORTION_NAMES.index(nm) for nm in names]])
+    values = torch.tensor([[LEVELS[nm][2] for nm in names]], dtype=torch.float64).repeat(5, 1)[None].clone()
+    values[0, :, 1] = torch.tensor([LEVELS["jpeg"][j] for j in (4, 1, 4, 1, 0)], dtype=torch.float64)
+    comps = Compositions(ids, values.clone(), values, torch.tensor([4]), torch.tensor([1]))
+    sb = build_structured_batch(full, half, comps, torch.Generator().manual_seed(4))
+    g = torch.Generator().manual_seed(4)
+    views = torch.cat([full, half])
+    x = apply_distortion(views, names[0], values[0, 0, 0].expand(4), g)
+    x = apply_levels(x, names[1], values[0, :, 1], g)
+    for j in (2, 3):
+        x = apply_distortion(x, names[j], values[0, :, j].repeat_interleave(4), g)
+    expected = x.view(5, 4, 3, p, p).transpose(0, 1)
+    torch.testing.assert_close(sb.dist[:, 0], expected, atol=1 / 255 + 1e-6, rtol=0)
+    assert (sb.dist[:, 0] == expected).float().mean() > 0.999
+    assert torch.equal(sb.dist[:, 0, 0], sb.dist[:, 0, 2]) == (suffix[-1] == "gaublur")
+
+
+def test_upper_order_statistic_is_exact():
+    """colorshift's percentiles on the CPU (a sampled threshold, then an order statistic of the values kept)
+    equal a full sort's, for spread, tied, constant and tiny rows, and the torch (topk) route."""
+    import numpy as np
+
+    from shamisa.distortions import functional as fn
+
+    rng = np.random.default_rng(0)
+    rows = [rng.random(5000, dtype=np.float32) ** 4, np.full(3000, 0.25, np.float32), rng.random(7).astype(np.float32),
+            np.concatenate([np.zeros(4000, np.float32), rng.random(1000, dtype=np.float32)]),
+            np.concatenate([rng.random(100, dtype=np.float32), np.ones(900, np.float32)])]
+    for a in rows:
+        for rank in {a.shape[0] // 2, int(a.shape[0] * 0.99) - 1, a.shape[0] - 1}:
+            assert fn._upper_order_statistic(a, rank) == np.sort(a)[rank]
+    e = torch.from_numpy(np.stack([rng.random(4096, dtype=np.float32) ** 3 for _ in range(3)]))
+    via_topk = fn._percentile_lower(e.requires_grad_(), 0.99).detach()  # grad: the topk route
+    assert torch.equal(fn._percentile_lower(e.detach(), 0.99), via_topk)

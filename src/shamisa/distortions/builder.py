@@ -16,7 +16,9 @@ Construction: the compositions are shared by all references and both scales. For
 unchanged prefix of the chain (slots before the varying slot) is applied once to all 2R views as one
 batch; the varying slot is applied to it at the L levels (:func:`~shamisa.distortions.apply_levels`: a type's
 image-only work once), and the suffix runs level by level on each level's 2R views, the chain's last slot
-writing straight into ``dist``. This equals applying the full chain per level (exactly for deterministic types;
+writing straight into ``dist``; a level that repeats an earlier level's value of a deterministic varying slot is
+copied from it (:func:`~shamisa.distortions.registry.level_sources`), and so is its whole result when the suffix is
+deterministic too. This equals applying the full chain per level (exactly for deterministic types;
 stochastic types draw fresh randomness per image either way), and drawing the seeds as one call per slot on the
 (L * 2R)-image batch would.
 """
@@ -30,7 +32,7 @@ import torch.nn.functional as F
 
 from shamisa.distortions.levels import DISTORTION_NAMES
 from shamisa.distortions.memory import keep_heap
-from shamisa.distortions.registry import apply_distortion, apply_levels, draw_seeds
+from shamisa.distortions.registry import apply_distortion, apply_levels, draw_seeds, get_spec, level_sources
 from shamisa.distortions.sampler import Compositions
 from shamisa.images import half_scale
 
@@ -150,7 +152,15 @@ def build_structured_batch(
         # the suffix level by level, so that a level's images stay in the cache through the whole chain; the
         # seeds are drawn up front in the order one call per slot would draw them
         rest = [(names[j], vals[:, j], draw_seeds(n_l * v, generator)) for j in range(vs + 1, n)]
+        # a level whose varying slot repeats an earlier level's output, followed by deterministic types only,
+        # repeats that level's result
+        source = level_sources(names[vs], vals[:, vs])
+        if any(get_spec(name).stochastic for name, _, _ in rest):
+            source = list(range(n_l))
         for lev in range(n_l):
+            if source[lev] != lev:
+                dst[lev].copy_(dst[source[lev]])
+                continue
             y = x[lev * v : (lev + 1) * v]
             for j, (name, lv, seeds) in enumerate(rest):
                 last = dst[lev] if j == len(rest) - 1 else None

@@ -529,7 +529,34 @@ def _percentile_lower(e: Tensor, q: float) -> Tensor:
     """Per-sample value at ascending rank round(n q) (1-based, MATLAB-like) of flattened (B, N) data, q >= 0.5."""
     n = e.shape[1]
     k = int(round(min(max(n * q, 1.0), float(n))))
+    if _numpy_ok(e) and e.is_contiguous():
+        a = e.numpy()
+        return torch.from_numpy(np.array([_upper_order_statistic(row, k - 1) for row in a], dtype=a.dtype))
     return torch.topk(e, n - k + 1, dim=1, largest=True, sorted=False).values.min(1).values
+
+
+#: Every this many values of a row form the sample that :func:`_upper_order_statistic` picks its threshold from.
+ORDER_STAT_SAMPLE_STEP = 16
+
+
+def _upper_order_statistic(a: np.ndarray, rank: int) -> np.generic:
+    """The value at 0-based ascending ``rank`` of the 1-D array ``a`` (a rank in its upper part), exactly.
+
+    A threshold taken from a sample of ``a`` (every :data:`ORDER_STAT_SAMPLE_STEP`-th value, at about twice the
+    share of values above the rank) keeps the few values at or above it; when they include every value at ranks
+    ``rank`` and up, the answer is an order statistic of those few, otherwise of all of ``a``. On CPUs this costs a
+    fraction of a partial sort of the whole row (torch's topk: ~3.5x more for colorshift's 1 % of 50k values).
+    """
+    n = a.shape[0]
+    above = n - rank  # values at ranks rank .. n - 1
+    sample = a[::ORDER_STAT_SAMPLE_STEP]
+    j = sample.shape[0] - min(sample.shape[0], 2 * math.ceil(sample.shape[0] * above / n) + 8)
+    if j > 0:
+        kept = a[a >= np.partition(sample, j)[j]]
+        if kept.shape[0] >= above:  # every value below the threshold ranks below ``rank``
+            r = rank - (n - kept.shape[0])
+            return np.partition(kept, r)[r]
+    return np.partition(a, rank)[rank]
 
 
 def colorshift(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:

@@ -216,6 +216,19 @@ def _clamp_into(y: torch.Tensor, dst: torch.Tensor) -> None:
         dst.copy_(y.clamp(0.0, 1.0))
 
 
+def level_sources(name: str, values: torch.Tensor) -> list[int]:
+    """For each level, the first level whose output it equals: ``values`` (L,) of type ``name`` applied to the same
+    images. A deterministic type at a value repeated across levels (integer parameters rounded, severities clipped
+    at the top of the table) gives the same output, so only the first such level needs computing; levels of a
+    stochastic type (fresh draws per level) are their own source.
+    """
+    vals = torch.as_tensor(values, dtype=torch.float64).reshape(-1).tolist()
+    if get_spec(name).stochastic:
+        return list(range(len(vals)))
+    first: dict[float, int] = {}
+    return [first.setdefault(v, lev) for lev, v in enumerate(vals)]
+
+
 def apply_levels(
     x: torch.Tensor,
     name: str,
@@ -232,6 +245,8 @@ def apply_levels(
     :data:`shamisa.distortions.functional.SHARED_STAGES` the part of the work that depends on the image only
     (the Lab conversion of the Lab-based types, colorshift's edge map, the JPEG2000 approximation's wavelet
     analysis) is done once per image instead of once per level; the other types are applied level by level.
+    A deterministic type's level that repeats an earlier level's value is copied from it
+    (:func:`level_sources`).
 
     Args:
         x: (B, 3, H, W) float images in [0, 1].
@@ -254,9 +269,13 @@ def apply_levels(
     _check_out(out, (n_l, *x.shape), x)
     dst = torch.empty((n_l, *x.shape), dtype=x.dtype, device=x.device) if out is None else out
     result = dst.view(n_l * b, *x.shape[1:]) if out is None else out
+    source = level_sources(name, vals)
     stages = Fn.SHARED_STAGES.get(spec.name)
     if stages is None or b == 0 or n_l == 0:  # level by level: one value per call, no repeated copy of x
-        for lev in range(n_l):
+        for lev, src in enumerate(source):
+            if src != lev:
+                dst[lev].copy_(dst[src])
+                continue
             apply_distortion(x, name, vals[lev].expand(b), seeds=seeds[lev * b : (lev + 1) * b], out=dst[lev])
         return result
     prepare, finish = stages
@@ -266,6 +285,9 @@ def apply_levels(
         xc = xf[i : i + chunk]
         n = xc.shape[0]
         state = prepare(xc)
-        for lev in range(n_l):
+        for lev, src in enumerate(source):
+            if src != lev:
+                dst[lev, i : i + n].copy_(dst[src, i : i + n])
+                continue
             _clamp_into(finish(state, xc, vals[lev].expand(n), seeds[lev, i : i + n]), dst[lev, i : i + n])
     return result
