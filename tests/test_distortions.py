@@ -942,3 +942,23 @@ def test_upper_order_statistic_is_exact():
     e = torch.from_numpy(np.stack([rng.random(4096, dtype=np.float32) ** 3 for _ in range(3)]))
     via_topk = fn._percentile_lower(e.requires_grad_(), 0.99).detach()  # grad: the topk route
     assert torch.equal(fn._percentile_lower(e.detach(), 0.99), via_topk)
+
+
+@pytest.mark.parametrize("kk", [19, 41, 81])
+@pytest.mark.parametrize("shared", [True, False])
+def test_banded_products_equal_the_full_products(kk, shared, monkeypatch):
+    """The CPU route of the long separable kernels (products in blocks of output rows and columns with only the
+    matrix band they touch) equals the full matrix products other devices use, across several blocks."""
+    from shamisa.distortions import functional as fn
+
+    g = torch.Generator().manual_seed(kk)
+    x = torch.rand(3, 2, 70, 101, generator=g)
+    sigma = torch.rand(3, generator=g, dtype=torch.float64) * 8 + 1
+    k = fn.gaussian_kernels(sigma[:1] if shared else sigma, torch.full((1 if shared else 3,), kk // 2))
+    ah, aw = fn.filter_matrix(k, 70).float(), fn.filter_matrix(k, 101).float()
+    ah, awt = (ah[0], aw[0].t()) if shared else (ah[:, None], aw[:, None].transpose(-1, -2))
+    full = torch.matmul(torch.matmul(ah, x), awt)
+    assert 70 > 2 * fn.BAND_BLOCK
+    torch.testing.assert_close(fn._banded_products(x, ah, awt, kk // 2), full, atol=2e-6, rtol=0)
+    monkeypatch.setattr(fn, "SEP_DIRECT_MAX_K", 1)  # the product path for every length
+    assert torch.equal(fn.sep_filter(x, k.expand(3, -1) if shared else k), fn._banded_products(x, ah, awt, kk // 2))

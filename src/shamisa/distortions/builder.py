@@ -145,10 +145,12 @@ def build_structured_batch(
         x = _apply_chain(views, prefix, generator)
         # the last slot of the chain writes straight into the item's output (no copy of the result)
         dst = dist[:, f].transpose(0, 1)  # (L, 2R, 3, P, P) view
-        if vs == n - 1:  # the varying slot on the shared prefix; its level-independent work once
-            apply_levels(x, names[vs], vals[:, vs], generator, out=dst)
+        # the varying slot on the shared prefix (its level-independent work once), into the item's output: the
+        # result when it is the last slot, else the suffix's input, which the suffix overwrites level by level
+        # (no image-sized temporary for all levels)
+        apply_levels(x, names[vs], vals[:, vs], generator, out=dst)
+        if vs == n - 1:
             continue
-        x = apply_levels(x, names[vs], vals[:, vs], generator)  # (L * 2R, ...), level-major
         # the suffix level by level, so that a level's images stay in the cache through the whole chain; the
         # seeds are drawn up front in the order one call per slot would draw them
         rest = [(names[j], vals[:, j], draw_seeds(n_l * v, generator)) for j in range(vs + 1, n)]
@@ -161,7 +163,7 @@ def build_structured_batch(
             if source[lev] != lev:
                 dst[lev].copy_(dst[source[lev]])
                 continue
-            y = x[lev * v : (lev + 1) * v]
+            y = dst[lev]
             for j, (name, lv, seeds) in enumerate(rest):
                 last = dst[lev] if j == len(rest) - 1 else None
                 y = apply_distortion(y, name, lv[lev].expand(v), seeds=seeds[lev * v : (lev + 1) * v], out=last)
