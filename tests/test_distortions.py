@@ -962,3 +962,16 @@ def test_banded_products_equal_the_full_products(kk, shared, monkeypatch):
     torch.testing.assert_close(fn._banded_products(x, ah, awt, kk // 2), full, atol=2e-6, rtol=0)
     monkeypatch.setattr(fn, "SEP_DIRECT_MAX_K", 1)  # the product path for every length
     assert torch.equal(fn.sep_filter(x, k.expand(3, -1) if shared else k), fn._banded_products(x, ah, awt, kk // 2))
+
+
+def test_colorsat1_is_the_hsv_round_trip_with_scaled_saturation():
+    """colorsat1 equals converting to HSV, multiplying S by the factor and converting back (kornia), for factors
+    that keep S in [0, 1]."""
+    import kornia
+
+    x = torch.rand(4, 3, 16, 20, generator=torch.Generator().manual_seed(8))
+    factor = torch.tensor([0.0, 0.3, 0.8, 1.0], dtype=torch.float64)
+    hsv = kornia.color.rgb_to_hsv(x)
+    hsv[:, 1:2] *= factor.float().view(-1, 1, 1, 1)
+    expected = kornia.color.hsv_to_rgb(hsv)
+    torch.testing.assert_close(apply_distortion(x, "colorsat1", factor), expected, atol=1e-5, rtol=0)

@@ -629,8 +629,11 @@ def colorsat1(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
     This is exactly the HSV round trip with S scaled (each channel is affine in S for fixed H, V);
     negative factors push channels above V and are clamped.
     """
-    vmax = x.max(1, keepdim=True).values
-    return vmax - _col(v, x) * (vmax - x)
+    # the channel maximum as two elementwise maxima: a reduction over the channel dimension is ~40x slower on CPUs
+    vmax = torch.maximum(x[:, 0:1], x[:, 1:2])
+    vmax = torch.maximum(vmax, x[:, 2:3], out=vmax)
+    t = torch.sub(vmax, x).mul_(_col(v, x))
+    return torch.sub(vmax, t, out=t)
 
 
 def colorsat2(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
@@ -682,7 +685,7 @@ def jpeg(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
 
 def whitenoise(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
     """Additive white Gaussian noise of variance ``v`` on RGB."""
-    return x + _randn(seeds, tuple(x.shape[1:]), x) * _col(v, x).sqrt()
+    return _randn(seeds, tuple(x.shape[1:]), x).mul_(_col(v, x).sqrt()).add_(x)
 
 
 # kornia's YCbCr -> RGB matrix applied to a noise vector (offsets cancel)
@@ -691,7 +694,7 @@ _YCC_TO_RGB = torch.tensor([[1.0, 0.0, 1.403], [1.0, -0.344, -0.714], [1.0, 1.77
 
 def whitenoiseCC(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:  # noqa: N802
     """White Gaussian noise of variance ``v`` added in YCbCr (each of Y, Cb, Cr), mapped back to RGB."""
-    n = _randn(seeds, tuple(x.shape[1:]), x) * _col(v, x).sqrt()
+    n = _randn(seeds, tuple(x.shape[1:]), x).mul_(_col(v, x).sqrt())
     return mix3(n, _YCC_TO_RGB).add_(x)
 
 
@@ -707,7 +710,7 @@ def impulsenoise(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
 
 def multnoise(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
     """Multiplicative (speckle) noise: ``x + x n``, n ~ N(0, v)."""
-    return x + x * _randn(seeds, tuple(x.shape[1:]), x) * _col(v, x).sqrt()
+    return _randn(seeds, tuple(x.shape[1:]), x).mul_(x).mul_(_col(v, x).sqrt()).add_(x)
 
 
 # --------------------------------------------------------------------------------------------------
