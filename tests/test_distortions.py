@@ -975,3 +975,21 @@ def test_colorsat1_is_the_hsv_round_trip_with_scaled_saturation():
     hsv[:, 1:2] *= factor.float().view(-1, 1, 1, 1)
     expected = kornia.color.hsv_to_rgb(hsv)
     torch.testing.assert_close(apply_distortion(x, "colorsat1", factor), expected, atol=1e-5, rtol=0)
+
+
+def test_uniform_draws_are_uniform_and_per_seed():
+    """impulsenoise's uniform draws: in [0, 1) on a 2**-23 grid, uniform in distribution, a function of the
+    sample's seed alone (negative seeds accepted), the same whatever the requested shape."""
+    from scipy import stats
+
+    from shamisa.distortions import functional as fn
+
+    like = torch.empty(3, 1)
+    seeds = torch.tensor([5, -7, 2**62 - 1])
+    u = fn._rand(seeds, (300_000,), like)
+    assert u.shape == (3, 300_000) and u.dtype == torch.float32
+    assert float(u.min()) >= 0 and float(u.max()) < 1 and torch.equal(u * 2**23, (u * 2**23).round())
+    assert stats.kstest(u.flatten()[::5].double().numpy(), "uniform").statistic < 0.004
+    assert torch.equal(fn._rand(seeds[1:2], (300_000,), like[:1])[0], u[1])
+    assert torch.equal(fn._rand(seeds[1:2], (30, 7), like[:1]).flatten(), u[1, :210])
+    assert not torch.equal(u[0], u[1])
