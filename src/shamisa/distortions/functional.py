@@ -379,10 +379,11 @@ def motion_kernels(length: Tensor, angle_deg: Tensor) -> Tensor:
 
 # sRGB (D65) <-> CIE Lab, the constants of kornia.color (rgb_to_lab / lab_to_rgb), written out per channel:
 # far fewer passes over the data than the generic implementation.
+# rows in the order Y, X / Xn, Z / Zn: L* (from Y) then lands in channel 0, where rgb_to_lab writes it in place
 _RGB2XYZ = torch.tensor(
     [
-        [0.412453 / 0.95047, 0.357580 / 0.95047, 0.180423 / 0.95047],
         [0.212671, 0.715160, 0.072169],
+        [0.412453 / 0.95047, 0.357580 / 0.95047, 0.180423 / 0.95047],
         [0.019334 / 1.08883, 0.119193 / 1.08883, 0.950227 / 1.08883],
     ],
     dtype=torch.float64,
@@ -438,22 +439,29 @@ def rgb_to_lab(x: Tensor) -> Tensor:
     # cube root through numpy on CPUs: see _in_place)
     lin = _log2_(x.clamp_min(_SRGB_T).add_(0.055)).sub_(_LOG2_1055).mul_(2.4).exp2_()  # ((x + .055) / 1.055)^2.4
     lin.add_(x.clamp_max_(_SRGB_T).sub_(_SRGB_T).mul_(1 / 12.92))
-    t = mix3(lin, _RGB2XYZ)
+    t = mix3(lin, _RGB2XYZ)  # (Y, X / Xn, Z / Zn)
     f = _cbrt_(t.clamp_min(_LAB_T)).add_(t.clamp_max_(_LAB_T).sub_(_LAB_T).mul_(7.787))
-    out = torch.empty_like(f)
-    torch.sub(f[:, 1:2], f[:, 2:3], alpha=1.0, out=out[:, 2:3]).mul_(200.0)
-    torch.sub(f[:, 0:1], f[:, 1:2], out=out[:, 1:2]).mul_(500.0)
-    torch.mul(f[:, 1:2], 116.0, out=out[:, 0:1]).sub_(16.0)
-    return out
+    fy = f[:, 0:1]
+    torch.sub(fy, f[:, 2:3], out=f[:, 2:3]).mul_(200.0)  # b* = 200 (f(Y) - f(Z))
+    torch.sub(f[:, 1:2], fy, out=f[:, 1:2]).mul_(500.0)  # a* = 500 (f(X) - f(Y))
+    fy.mul_(116.0).sub_(16.0)  # L* = 116 f(Y) - 16
+    return f
 
 
 def lab_to_rgb(lab: Tensor) -> Tensor:
     """Lab -> sRGB clipped to [0, 1]; matches ``kornia.color.lab_to_rgb(lab, clip=True)`` to ~1e-5."""
-    f = torch.empty_like(lab)
+    return lab_channels_to_rgb(lab[:, 0:1], lab[:, 1:2], lab[:, 2:3])
+
+
+def lab_channels_to_rgb(lum: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """:func:`lab_to_rgb` of the Lab image whose L*, a* and b* channels are ``lum``, ``a`` and ``b`` ((B, 1, H, W)
+    each, any strides): the Lab-based types change one or two channels and pass them separately (no concatenated
+    copy)."""
+    f = torch.empty((lum.shape[0], 3, *lum.shape[2:]), dtype=lum.dtype, device=lum.device)
     fy = f[:, 1:2]
-    torch.add(lab[:, 0:1], 16.0, out=fy).mul_(1 / 116.0)
-    torch.add(fy, lab[:, 1:2], alpha=1 / 500.0, out=f[:, 0:1])
-    torch.sub(fy, lab[:, 2:3], alpha=1 / 200.0, out=f[:, 2:3]).clamp_min_(0.0)
+    torch.add(lum, 16.0, out=fy).mul_(1 / 116.0)
+    torch.add(fy, a, alpha=1 / 500.0, out=f[:, 0:1])
+    torch.sub(fy, b, alpha=1 / 200.0, out=f[:, 2:3]).clamp_min_(0.0)
     t = f.clamp_min(_F_T)
     t = t.mul(t).mul_(t).add_(f.clamp_max_(_F_T).sub_(_F_T).mul_(1 / 7.787))
     lin = mix3(t, _XYZ2RGB)
@@ -466,15 +474,12 @@ def _rgb_to_lab(x: Tensor) -> Tensor:
     return rgb_to_lab(x)
 
 
-def _lab_to_rgb(lab: Tensor) -> Tensor:
-    return lab_to_rgb(lab)
+def _truncate_to_8bit_(x: Tensor) -> Tensor:
+    """8-bit truncation (``trunc(255 x) / 255``) in place of ``x`` in [0, 1] (:func:`lab_to_rgb`'s output), as the
+    reference applies after Lab round trips.
 
-
-def _quantize_down(x: Tensor) -> Tensor:
-    """8-bit truncation (``trunc(255 x) / 255``), as the reference applies after Lab round trips.
-
-    ``floor`` is ``trunc`` on the clamped, non-negative values, and about 10x cheaper on CPUs."""
-    return x.clamp(0, 1).mul_(255.0).floor_().div_(255.0)
+    ``floor`` is ``trunc`` on these non-negative values, and about 10x cheaper on CPUs."""
+    return x.mul_(255.0).floor_().div_(255.0)
 
 
 def parabola_curve(x: Tensor, mid: Tensor) -> Tensor:
@@ -557,7 +562,7 @@ def colordiff(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
 def _colordiff_finish(lab: Tensor, x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
     sigma = 1.5 * v.detach().double().cpu() + 2.0
     ab = sep_filter(lab[:, 1:3], gaussian_kernels(sigma)).mul_(_col(v, x))
-    return _quantize_down(_lab_to_rgb(torch.cat([lab[:, :1], ab], 1)))
+    return _truncate_to_8bit_(lab_channels_to_rgb(lab[:, :1], ab[:, 0:1], ab[:, 1:2]))
 
 
 def _percentile_lower(e: Tensor, q: float) -> Tensor:
@@ -653,7 +658,8 @@ def colorsat2(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
 
 
 def _colorsat2_finish(lab: Tensor, x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
-    return _quantize_down(_lab_to_rgb(torch.cat([lab[:, :1], lab[:, 1:3] * _col(v, x)], 1)))
+    ab = lab[:, 1:3] * _col(v, x)
+    return _truncate_to_8bit_(lab_channels_to_rgb(lab[:, :1], ab[:, 0:1], ab[:, 1:2]))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -737,7 +743,7 @@ def brighten(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
 def _brighten_finish(lab: Tensor, x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
     mid = _col(0.5 + v / 2, x)
     lum = parabola_curve(lab[:, :1] / 100.0, mid).mul_(100.0)
-    return parabola_curve(x, mid).mul_(2).add_(_lab_to_rgb(torch.cat([lum, lab[:, 1:]], 1))).div_(3)
+    return parabola_curve(x, mid).mul_(2).add_(lab_channels_to_rgb(lum, lab[:, 1:2], lab[:, 2:3])).div_(3)
 
 
 def darken(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
@@ -940,7 +946,7 @@ def _highsharpen_prepare(x: Tensor) -> tuple[Tensor, Tensor]:
 
 def _highsharpen_finish(state: tuple[Tensor, Tensor], x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
     lab, detail = state
-    return _lab_to_rgb(torch.cat([detail.mul(_col(v, x)).add_(lab[:, :1]), lab[:, 1:]], 1))
+    return lab_channels_to_rgb(detail.mul(_col(v, x)).add_(lab[:, :1]), lab[:, 1:2], lab[:, 2:3])
 
 
 def lincontrchangeneg(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
