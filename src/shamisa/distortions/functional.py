@@ -108,9 +108,11 @@ def _normal_table() -> np.ndarray:
     return (t / t.square().mean().sqrt()).to(torch.float32).numpy()
 
 
-def _randn(seeds: Tensor | None, shape: tuple[int, ...], like: Tensor) -> Tensor:
+def _randn(seeds: Tensor | None, shape: tuple[int, ...], like: Tensor, scale: Tensor | None = None) -> Tensor:
     """Per-sample standard-normal draws of ``shape`` (see :data:`NORMAL_TABLE_BITS`) -> (B, *shape) on like's
-    device; sample ``i``'s deviates are a function of ``seeds[i]`` alone."""
+    device; sample ``i``'s deviates are a function of ``seeds[i]`` alone. With ``scale`` ((B,) float32), sample
+    ``i``'s deviates are multiplied by ``scale[i]`` (through its own scaled table: equal to multiplying the draws,
+    without a pass over them)."""
     b = like.shape[0]
     n = math.prod(shape)
     table = torch.from_numpy(_normal_table())
@@ -118,7 +120,8 @@ def _randn(seeds: Tensor | None, shape: tuple[int, ...], like: Tensor) -> Tensor
     for i, seed in enumerate(_seed_list(seeds, b)):
         words = np.random.SFC64(seed & 0xFFFF_FFFF_FFFF_FFFF).random_raw(-(-n // 4)).view(np.uint16)[:n]
         # torch's index_select with int32 indices: ~1.5x cheaper than numpy's take with the 16-bit words
-        torch.index_select(table, 0, torch.from_numpy(words.astype(np.int32)), out=out[i])
+        values = table if scale is None else table * scale[i]
+        torch.index_select(values, 0, torch.from_numpy(words.astype(np.int32)), out=out[i])
     return out.view(b, *shape).to(device=like.device, dtype=like.dtype)
 
 
@@ -771,15 +774,19 @@ JITTER_ITERATIONS = 5
 def jitter(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
     """Pixel jitter: 5 rounds of bilinear resampling at positions displaced by N(0, v^2) pixels (replicate borders)."""
     b, _, h, w = x.shape
-    noise = _randn(seeds, (JITTER_ITERATIONS, h, w, 2), x)  # (B, 5, H, W, (dx, dy)) in pixels / v
     ys = torch.linspace(-1.0, 1.0, h, device=x.device, dtype=x.dtype)
     xs = torch.linspace(-1.0, 1.0, w, device=x.device, dtype=x.dtype)
     base = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], -1)  # (H, W, 2) as (x, y)
     px = torch.tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)], device=x.device, dtype=x.dtype)
-    # the grids in place: displacement in grid units (sampled at p - d) plus the identity grid. On square images
-    # the scale is one number per sample, a multiply over contiguous memory (a per-(x, y) scale is a strided one)
+    # the grids: displacement in grid units (sampled at p - d) plus the identity grid. On square images the scale is
+    # one number per sample, applied through the normal table (no pass over the draws); else per (x, y), in place
     scale = -_col(v, x).view(-1, 1, 1, 1, 1)
-    noise.mul_(scale * px[0] if h == w else scale * px).add_(base)
+    shape = (JITTER_ITERATIONS, h, w, 2)  # (B, 5, H, W, (dx, dy))
+    if h == w and x.dtype == torch.float32:
+        noise = _randn(seeds, shape, x, scale=(scale * px[0]).flatten().cpu())
+    else:
+        noise = _randn(seeds, shape, x).mul_(scale * px)
+    noise.add_(base)
     y = x
     for it in range(JITTER_ITERATIONS):
         y = F.grid_sample(y, noise[:, it], mode="bilinear", padding_mode="border", align_corners=True)
