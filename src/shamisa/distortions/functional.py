@@ -466,7 +466,7 @@ def lab_channels_to_rgb(lum: Tensor, a: Tensor, b: Tensor) -> Tensor:
     torch.add(fy, a, alpha=1 / 500.0, out=f[:, 0:1])
     torch.sub(fy, b, alpha=1 / 200.0, out=f[:, 2:3]).clamp_min_(0.0)
     t = f.clamp_min(_F_T)
-    t = t.mul(t).mul_(t).add_(f.clamp_max_(_F_T).sub_(_F_T).mul_(1 / 7.787))
+    t = t.pow_(3).add_(f.clamp_max_(_F_T).sub_(_F_T).mul_(1 / 7.787))  # pow_(3) is t * t * t, in place
     lin = mix3(t, _XYZ2RGB)
     rgb = _log2_(lin.clamp_min(_LIN_T)).mul_(1 / 2.4).add_(_LOG2_1055).exp2_().sub_(0.055)  # 1.055 lin^(1/2.4) - .055
     rgb.add_(lin.clamp_max_(_LIN_T).sub_(_LIN_T).mul_(12.92))
