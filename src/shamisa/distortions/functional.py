@@ -255,21 +255,36 @@ def filter2d(x: Tensor, k: Tensor) -> Tensor:
     k = (k[:1] if same else k).to(device=x.device, dtype=x.dtype)
     if kk <= DIRECT_MAX_K:
         xp = F.pad(x, (p, p, p, p), mode="replicate")
-        out = None  # the first tap writes the output (no zero-filled start)
+        out = torch.empty_like(x)
+        if same or x.device.type == "cpu":
+            # on CPUs, per-sample kernels one sample at a time: only that kernel's non-zero taps (a motion-blur
+            # line has few of the K x K)
+            step = b if same else 1
+            for i, ki in zip(range(0, b, step), k.tolist(), strict=False):
+                taps = [(r, c, wt) for r, row in enumerate(ki) for c, wt in enumerate(row) if wt != 0.0]
+                _shift_add(xp[i : i + step], taps, out[i : i + step])
+            return out
         nz = (k != 0).any(0)
-        for i in range(kk):
-            for j in range(kk):
-                if not nz[i, j]:
-                    continue
-                win = xp[..., i : i + h, j : j + w]
-                if same:
-                    wt = float(k[0, i, j])
-                    out = torch.mul(win, wt) if out is None else out.add_(win, alpha=wt)
-                else:
-                    kt = k[:, i, j].view(-1, 1, 1, 1)
-                    out = torch.mul(win, kt) if out is None else out.addcmul_(win, kt)
-        return torch.zeros_like(x) if out is None else out
+        taps = [(r, c, k[:, r, c].view(-1, 1, 1, 1)) for r in range(kk) for c in range(kk) if nz[r, c]]
+        return _shift_add(xp, taps, out)
     return _fft_filter(x, k, 1 if x.device.type == "cpu" else b)
+
+
+def _shift_add(xp: Tensor, taps: list[tuple[int, int, float | Tensor]], out: Tensor) -> Tensor:
+    """``out = sum of w * xp[..., r : r + H, c : c + W]`` over the ``(r, c, w)`` taps (``w`` a number or a
+    per-sample (B, 1, 1, 1) tensor), the first tap writing ``out``; zero without taps."""
+    h, w = out.shape[-2:]
+    if not taps:
+        return out.zero_()
+    for n, (r, c, wt) in enumerate(taps):
+        win = xp[..., r : r + h, c : c + w]
+        if n == 0:
+            torch.mul(win, wt, out=out)
+        elif isinstance(wt, float):
+            out.add_(win, alpha=wt)
+        else:
+            out.addcmul_(win, wt)
+    return out
 
 
 def _fft_filter(x: Tensor, k: Tensor, step: int) -> Tensor:
