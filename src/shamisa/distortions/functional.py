@@ -156,7 +156,8 @@ def filter_matrix(k: Tensor, n: int) -> Tensor:
 
 #: Longest 1-D kernel applied by shift-and-add; longer ones use banded matrix products (:func:`_banded_products` on
 #: the CPU). On one CPU core (224-px crops, float32) shift-and-add costs about as much as those products at 17
-#: taps, 1.3x more at 25 and 2x more at 31.
+#: taps, 1.3x more at 25 and 2x more at 31; the kernels of 19 to 25 taps (gaublur's largest sigmas) are rare in
+#: structured items and stay on shift-and-add.
 SEP_DIRECT_MAX_K = 25
 
 
@@ -260,7 +261,7 @@ def filter2d(x: Tensor, k: Tensor) -> Tensor:
             # on CPUs, per-sample kernels one sample at a time: only that kernel's non-zero taps (a motion-blur
             # line has few of the K x K)
             step = b if same else 1
-            for i, ki in zip(range(0, b, step), k.tolist(), strict=False):
+            for i, ki in zip(range(0, b, step), k.tolist(), strict=True):
                 taps = [(r, c, wt) for r, row in enumerate(ki) for c, wt in enumerate(row) if wt != 0.0]
                 _shift_add(xp[i : i + step], taps, out[i : i + step])
             return out
