@@ -868,9 +868,8 @@ def test_level_sources_name_the_first_level_of_each_repeated_value():
 def test_repeated_level_values_are_computed_once(name, batch, monkeypatch):
     """A deterministic type's level that repeats an earlier value is copied from it (the type runs once per
     distinct value); every level still equals the type applied on its own with that level's seeds."""
-    from shamisa.distortions import apply_levels
+    from shamisa.distortions import apply_levels, registry
     from shamisa.distortions import functional as fn
-    from shamisa.distortions import registry
 
     lv = torch.tensor(LEVELS[name], dtype=torch.float64)[[1, 3, 1, 1, 3]]
     seeds = torch.arange(15) + 500

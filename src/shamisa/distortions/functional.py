@@ -247,7 +247,7 @@ def filter2d(x: Tensor, k: Tensor) -> Tensor:
         x: (B, C, H, W).
         k: (B, K, K), K odd.
     """
-    b, c, h, w = x.shape
+    b = x.shape[0]
     kk = k.shape[-1]
     p = kk // 2
     same = _all_same(k)
