@@ -49,13 +49,20 @@ import torch
 HERE = Path(__file__).resolve().parent
 
 
-def _load_refs(folder: Path, n: int) -> list[torch.Tensor]:
-    from shamisa.images import is_image_path, load_image
+def _image_paths(folder: Path, n: int) -> list[Path]:
+    """The first ``n`` images of ``folder`` in name order; SystemExit when there are none."""
+    from shamisa.images import is_image_path
 
     paths = sorted(p for p in folder.iterdir() if is_image_path(p))[:n]
     if not paths:
         raise SystemExit(f"no images in {folder}")
-    return [load_image(p) for p in paths]
+    return paths
+
+
+def _load_refs(folder: Path, n: int) -> list[torch.Tensor]:
+    from shamisa.images import load_image
+
+    return [load_image(p) for p in _image_paths(folder, n)]
 
 
 def _item(refs: list[torch.Tensor], g: torch.Generator, device: torch.device, n_refs: int = 3) -> tuple:
@@ -168,13 +175,8 @@ def _reference_dataset(repo: Path, folder: Path, n: int) -> Any:
         raise SystemExit(
             f"the official engine does not import here ({e}); it needs torchvision, kornia, pandas, dotmap, pyyaml"
         )
-    from shamisa.images import is_image_path
-
-    paths = sorted(p for p in folder.iterdir() if is_image_path(p))[:n]
-    if not paths:
-        raise SystemExit(f"no images in {folder}")
     ds = KADIS700StructuredDataset(root=str(folder), **REFERENCE_SETTINGS)
-    ds.ref_images = paths
+    ds.ref_images = _image_paths(folder, n)
     return ds
 
 
@@ -387,7 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_keep_heap:
         os.environ["SHAMISA_KEEP_HEAP"] = "0"  # inherited by spawned workers
     torch.set_num_threads(args.threads)
-    refs = _load_refs(args.images, 24)
+    _image_paths(args.images, 24)  # no images: a clear error before any worker starts
+    # the images as tensors in this process only for in-process items or the per-type table (workers load their own)
+    refs = _load_refs(args.images, 24) if args.workers == 0 or not args.no_types else []
     result: dict = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": {

@@ -13,6 +13,12 @@ import torch
 Tensor = torch.Tensor
 
 
+def numpy_ok(t: Tensor) -> bool:
+    """Whether ``t`` can be worked on through a numpy view: a CPU float32/64 tensor outside autograd (the CPU routes
+    of this module and of :mod:`shamisa.distortions.functional`)."""
+    return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and not t.requires_grad
+
+
 def mix3(x: Tensor, matrix: Tensor, bias: Tensor | None = None) -> Tensor:
     """``matrix @ x[b, :, i, j] (+ bias)`` for every pixel.
 
@@ -30,7 +36,7 @@ def mix3(x: Tensor, matrix: Tensor, bias: Tensor | None = None) -> Tensor:
             f"expected (B, 3, H, W) images and a 3x3 matrix, got {tuple(x.shape)} and {tuple(matrix.shape)}"
         )
     flat = x.reshape(b, 3, h * w)
-    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and not x.requires_grad:
+    if numpy_ok(x):
         dt = flat.numpy().dtype
         out = np.matmul(matrix.detach().cpu().numpy().astype(dt, copy=False), flat.numpy())
         if bias is not None:

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from shamisa.distortions.codecs import jpeg2000_impl, jpeg2000_pillow, jpeg_pillow, thread_pool
-from shamisa.distortions.colour_matrix import mix3
+from shamisa.distortions.colour_matrix import mix3, numpy_ok
 
 if TYPE_CHECKING:
     from shamisa.distortions.wavelet_codec import WaveletAnalysis
@@ -165,23 +165,13 @@ def _sep_direct(x: Tensor, k: Tensor) -> Tensor:
     """Separable shift-and-add with (1, K) (shared) or (B, K) kernels, replicate borders."""
     kk = k.shape[1]
     p = kk // 2
-    h, w = x.shape[-2:]
     same = k.shape[0] == 1
+    weights = k[0].tolist() if same else [k[:, t].view(-1, 1, 1, 1) for t in range(kk)]
     for dim in (-1, -2):
-        pad = (p, p, 0, 0) if dim == -1 else (0, 0, p, p)
-        xp = F.pad(x, pad, mode="replicate")
-        out = None  # the first tap writes the output (no zero-filled start)
-        for t in range(kk):
-            win = xp[..., t : t + w] if dim == -1 else xp[..., t : t + h, :]
-            if same:
-                wt = float(k[0, t])
-                if wt == 0.0:
-                    continue
-                out = torch.mul(win, wt) if out is None else out.add_(win, alpha=wt)
-            else:
-                kt = k[:, t].view(-1, 1, 1, 1)
-                out = torch.mul(win, kt) if out is None else out.addcmul_(win, kt)
-        x = torch.zeros_like(x) if out is None else out
+        xp = F.pad(x, (p, p, 0, 0) if dim == -1 else (0, 0, p, p), mode="replicate")
+        # tap t is the window at offset t along ``dim`` (shared weights of zero skipped)
+        taps = [(0, t, wt) if dim == -1 else (t, 0, wt) for t, wt in enumerate(weights) if not same or wt != 0.0]
+        x = _shift_add(xp, taps, torch.empty_like(x))
     return x
 
 
@@ -426,14 +416,10 @@ _SRGB_T, _LIN_T, _LAB_T, _F_T = 0.04045, 0.0031308, 0.008856, 0.2068966
 _LOG2_1055 = math.log2(1.055)
 
 
-def _numpy_ok(t: Tensor) -> bool:
-    """Whether ``t`` can be worked on in place through a numpy view (a CPU float32/64 tensor outside autograd)."""
-    return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and not t.requires_grad
-
-
 def _in_place(t: Tensor, ufunc: np.ufunc, torch_route: Callable[[Tensor], Tensor]) -> Tensor:
-    """``ufunc`` applied to ``t`` in place through a numpy view where :func:`_numpy_ok`, else ``torch_route(t)``."""
-    if _numpy_ok(t):
+    """``ufunc`` applied to ``t`` in place through a numpy view where
+    :func:`~shamisa.distortions.colour_matrix.numpy_ok`, else ``torch_route(t)``."""
+    if numpy_ok(t):
         a = t.numpy()
         ufunc(a, out=a)
         return t
@@ -487,10 +473,6 @@ def lab_channels_to_rgb(lum: Tensor, a: Tensor, b: Tensor) -> Tensor:
     rgb = _log2_(lin.clamp_min(_LIN_T)).mul_(1 / 2.4).add_(_LOG2_1055).exp2_().sub_(0.055)  # 1.055 lin^(1/2.4) - .055
     rgb.add_(lin.clamp_max_(_LIN_T).sub_(_LIN_T).mul_(12.92))
     return rgb.clamp_(0, 1)
-
-
-def _rgb_to_lab(x: Tensor) -> Tensor:
-    return rgb_to_lab(x)
 
 
 def _truncate_to_8bit_(x: Tensor) -> Tensor:
@@ -575,7 +557,7 @@ def motionblur(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
 
 def colordiff(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
     """Colour diffusion: Lab chroma (a, b) blurred with sigma ``1.5 v + 2`` and scaled by ``v``."""
-    return _colordiff_finish(_rgb_to_lab(x), x, v, seeds)
+    return _colordiff_finish(rgb_to_lab(x), x, v, seeds)
 
 
 def _colordiff_finish(lab: Tensor, x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
@@ -588,7 +570,7 @@ def _percentile_lower(e: Tensor, q: float) -> Tensor:
     """Per-sample value at ascending rank round(n q) (1-based, MATLAB-like) of flattened (B, N) data, q >= 0.5."""
     n = e.shape[1]
     k = int(round(min(max(n * q, 1.0), float(n))))
-    if _numpy_ok(e) and e.is_contiguous():
+    if numpy_ok(e) and e.is_contiguous():
         a = e.numpy()
         return torch.from_numpy(np.array([_upper_order_statistic(row, k - 1) for row in a], dtype=a.dtype))
     return torch.topk(e, n - k + 1, dim=1, largest=True, sorted=False).values.min(1).values
@@ -673,7 +655,7 @@ def colorsat1(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
 
 def colorsat2(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
     """Lab chroma (a, b) multiplied by ``v``."""
-    return _colorsat2_finish(_rgb_to_lab(x), x, v, seeds)
+    return _colorsat2_finish(rgb_to_lab(x), x, v, seeds)
 
 
 def _colorsat2_finish(lab: Tensor, x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
@@ -756,7 +738,7 @@ def multnoise(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
 
 def brighten(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
     """Brighten: tone curve through (0.5, 0.5 + v/2) on RGB, averaged 2:1 with the same curve on Lab L*."""
-    return _brighten_finish(_rgb_to_lab(x), x, v, seeds)
+    return _brighten_finish(rgb_to_lab(x), x, v, seeds)
 
 
 def _brighten_finish(lab: Tensor, x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
@@ -961,7 +943,7 @@ def highsharpen(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
 def _highsharpen_prepare(x: Tensor) -> tuple[Tensor, Tensor]:
     """Lab of ``x`` and its L* detail ``L - G*L``."""
     b = x.shape[0]
-    lab = _rgb_to_lab(x)
+    lab = rgb_to_lab(x)
     lum = lab[:, :1]
     k = gaussian_kernels(torch.full((1,), SHARPEN_SIGMA), torch.full((1,), SHARPEN_HALF)).expand(b, -1)
     return lab, torch.sub(lum, sep_filter(lum, k))
@@ -993,10 +975,10 @@ def nonlincontrchange(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tens
 #: finish(prepare(x), x, v, seeds)``. :func:`shamisa.distortions.registry.apply_levels` uses them to run the
 #: first part once for all the levels of the varying slot of a structured batch.
 SHARED_STAGES: dict[str, tuple[Callable[[Tensor], object], Callable[..., Tensor]]] = {
-    "colordiff": (_rgb_to_lab, _colordiff_finish),
+    "colordiff": (rgb_to_lab, _colordiff_finish),
     "colorshift": (_edge_weight, _colorshift_finish),
-    "colorsat2": (_rgb_to_lab, _colorsat2_finish),
+    "colorsat2": (rgb_to_lab, _colorsat2_finish),
     "jpeg2000": (_jpeg2000_prepare, _jpeg2000_finish),
-    "brighten": (_rgb_to_lab, _brighten_finish),
+    "brighten": (rgb_to_lab, _brighten_finish),
     "highsharpen": (_highsharpen_prepare, _highsharpen_finish),
 }

@@ -57,6 +57,9 @@ RATE_SIDE_RANGE = (96.0, 224.0)
 #: Irreversible colour transform (RGB -> YCbCr) and its inverse, as in JPEG2000 Part 1.
 _ICT = torch.tensor([[0.299, 0.587, 0.114], [-0.16875, -0.33126, 0.5], [0.5, -0.41869, -0.08131]])
 _ICT_INV = torch.tensor([[1.0, 0.0, 1.402], [1.0, -0.34413, -0.71414], [1.0, 1.772, 0.0]])
+#: The ICT of the level-shifted image (pixel - 128) is ``_ICT @ pixel + _ICT_BIAS``; the inverse adds 128 back.
+_ICT_BIAS = _ICT.sum(dim=1) * -128.0
+_ICT_INV_BIAS = torch.full((3,), 128.0)
 
 
 def wavelet_levels(h: int, w: int) -> int:
@@ -284,7 +287,7 @@ def jpeg2000_analysis(x: Tensor) -> WaveletAnalysis:
     dev = x.device
     levels = wavelet_levels(h, w)
     img = x.detach().float().clamp(0, 1).mul_(255.0).round_()
-    ycc = mix3(img, _ICT, _ICT.sum(dim=1) * -128.0)  # the ICT of the level-shifted image (pixel - 128)
+    ycc = mix3(img, _ICT, _ICT_BIAS)
     bands = [band for level in dwt2(ycc, levels) for band in level]  # (B, 3, h_i, w_i), finest first
     norms = [n for level in synthesis_norms(levels) for n in level]
     # colour: noise in Y, Cb, Cr reaches RGB with these gains (column norms of the inverse ICT)
@@ -329,5 +332,5 @@ def jpeg2000_synthesis(a: WaveletAnalysis, ratio: Tensor, rate_scale: float = 1.
         # mid-point reconstruction (|q| + 1/2) * step, zero in the dead zone, with the coefficient's sign
         out_bands.append(torch.copysign(q.add_(q.clamp_max(1.0), alpha=0.5).mul_(st), band))
     rec = idwt2([out_bands[i : i + 3] for i in range(0, 3 * a.levels, 3)] + [out_bands[-1:]])
-    rgb = mix3(rec, _ICT_INV, torch.full((3,), 128.0))
+    rgb = mix3(rec, _ICT_INV, _ICT_INV_BIAS)
     return rgb.clamp_(0, 255).round_().div_(255.0).to(a.dtype)
