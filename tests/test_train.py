@@ -339,3 +339,25 @@ def test_pretrain_with_the_jpeg2000_approximation(tmp_path, monkeypatch) -> None
     assert os.environ["SHAMISA_JPEG2000"] == "approx"  # seen by data workers
     with pytest.raises(ConfigError, match="jpeg2000_impl"):
         tiny_cfg(tmp_path, "run2", "jpeg2000_impl=fast")
+
+
+def test_encoder_frozen_stages_keep_the_stem_and_early_stages(tmp_path) -> None:
+    """With encoder_frozen_stages=2 (tiny preset: bn_mode=train) the stem, the first two stages' weights
+    and their batch-norm statistics stay exactly at the start values while the later stages move."""
+    from shamisa.train import build_model, pretrain, seed_everything
+
+    cfg = tiny_cfg(tmp_path, "fz", "max_steps=2", "encoder_frozen_stages=2")
+    seed_everything(cfg.seed)  # the same random init as pretrain() builds
+    start = {k: v.clone() for k, v in build_model(cfg).state_dict().items()}
+    w = load_file(str(pretrain(cfg) / "ckpt" / "last.safetensors"))
+    # Lite0: stage 1 has 1 block, stage 2 has 2 blocks -> blocks 0..2 frozen, block 3 onwards trains
+    frozen = [k for k in w if k.startswith(("encoder.backbone._conv_stem", "encoder.backbone._bn0"))
+              or any(k.startswith(f"encoder.backbone._blocks.{i}.") for i in range(3))]
+    moving = [k for k in w if k.startswith("encoder.backbone._blocks.3.") and "weight" in k]
+    assert frozen and moving
+    assert all(torch.equal(w[k], start[k]) for k in frozen)  # running stats included
+    assert any(not torch.equal(w[k], start[k]) for k in moving)
+    with pytest.raises(ConfigError, match="encoder_frozen_stages"):
+        tiny_cfg(tmp_path, "bad", "encoder_frozen_stages=-1")
+    with pytest.raises(ConfigError, match="stages"):
+        build_model(tiny_cfg(tmp_path, "bad2", "encoder_frozen_stages=8"))

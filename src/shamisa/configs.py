@@ -84,6 +84,7 @@ class PretrainConfig:
     lr: float = 1.5e-3
     encoder_lr_scale: float = 1.0  # encoder lr = lr * this (1: one group for all, as the paper)
     encoder_freeze_steps: int = 0  # first N steps train the projector/prototypes only (encoder lr 0)
+    encoder_frozen_stages: int = 0  # the stem and the first N stages keep their start weights for good
     momentum: float = 0.9
     weight_decay: float = 1e-4
     eta_min: float = 1e-6
@@ -159,6 +160,8 @@ def validate(cfg: PretrainConfig) -> None:
         raise ConfigError(f"encoder_lr_scale must be in (0, 1000], got {cfg.encoder_lr_scale}")
     if cfg.encoder_freeze_steps < 0:
         raise ConfigError(f"encoder_freeze_steps must be >= 0, got {cfg.encoder_freeze_steps}")
+    if cfg.encoder_frozen_stages < 0:
+        raise ConfigError(f"encoder_frozen_stages must be >= 0, got {cfg.encoder_frozen_stages}")
     if not 0 <= cfg.momentum < 1 or cfg.weight_decay < 0:
         raise ConfigError(f"need 0 <= momentum < 1 and weight_decay >= 0 (got {cfg.momentum}, {cfg.weight_decay})")
     if cfg.max_steps is not None and cfg.max_steps < 1:

@@ -215,8 +215,10 @@ class PretrainModel(nn.Module):
 def build_model(cfg: PretrainConfig) -> PretrainModel:
     """Encoder (ImageNet / weights file / random), projector with the default dims, loss module."""
     from shamisa.models import Projector, build_encoder, default_projector_dims
+    from shamisa.models.encoder import freeze_stages
 
     encoder = build_encoder(cfg.encoder, pretrained=cfg.pretrained, weights=cfg.weights)
+    freeze_stages(encoder, cfg.encoder_frozen_stages)
     hidden, out = default_projector_dims(encoder.feature_dim)
     scale = math.sqrt(encoder.feature_dim) if cfg.projector_input == "sqrt_dim" else 1.0
     projector = Projector(encoder.feature_dim, hidden, out, input_scale=scale)
@@ -249,6 +251,10 @@ def freeze_encoder_lr(opt: torch.optim.Optimizer, cfg: PretrainConfig, step: int
 def set_train_mode(model: nn.Module, bn_mode: str) -> None:
     """Training mode; with ``bn_mode == "frozen"`` batch-norm layers use their running statistics."""
     model.train()
+    from shamisa.models.encoder import keep_frozen_stages_eval
+
+    for module in model.modules():
+        keep_frozen_stages_eval(module)
     if bn_mode == "frozen":
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):

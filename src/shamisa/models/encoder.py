@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shamisa.errors import ConfigError, ModelFileError
-from shamisa.models.efficientnet_lite import LITE_VARIANTS, efficientnet_lite
+from shamisa.models.efficientnet_lite import LITE_VARIANTS, efficientnet_lite, scaled_stages
 from shamisa.models.resnet import RESNET_VARIANTS, resnet
 from shamisa.models.weights import load_state_file, tensors_sha256
 
@@ -160,6 +160,48 @@ def load_backbone_state(
     with torch.no_grad():
         encoder.backbone.load_state_dict(keep, strict=True)
     return ignored
+
+
+def stage_modules(encoder: Encoder, n_stages: int) -> list[nn.Module]:
+    """The stem and the first ``n_stages`` stages of the backbone, in forward order.
+
+    Stages are the backbone's own: the 7 MBConv stages of EfficientNet-Lite (its block table) and
+    ``layer1..layer4`` of a ResNet. 0 gives an empty list.
+
+    Raises:
+        ConfigError: ``n_stages`` is negative or more than the backbone has.
+    """
+    net = encoder.backbone
+    if n_stages == 0:
+        return []
+    if encoder.family == "lite":
+        stages = scaled_stages(*LITE_VARIANTS[encoder.name][:2])
+        if not 0 < n_stages <= len(stages):
+            raise ConfigError(f"{encoder.name} has {len(stages)} stages; cannot freeze {n_stages}")
+        n_blocks = sum(s.repeats for s in stages[:n_stages])
+        return [net._conv_stem, net._bn0, *net._blocks[:n_blocks]]
+    layers = ["layer1", "layer2", "layer3", "layer4"]
+    if not 0 < n_stages <= len(layers):
+        raise ConfigError(f"{encoder.name} has {len(layers)} stages; cannot freeze {n_stages}")
+    return [net.conv1, net.bn1, *(getattr(net, name) for name in layers[:n_stages])]
+
+
+def freeze_stages(encoder: Encoder, n_stages: int) -> list[nn.Module]:
+    """Keep the stem and the first ``n_stages`` stages at their current weights: no gradients, and
+    their batch-norm layers always on running statistics (see :func:`keep_frozen_stages_eval`).
+    Returns the frozen modules (also kept as ``encoder.frozen_modules``)."""
+    modules = stage_modules(encoder, n_stages)
+    for module in modules:
+        module.requires_grad_(False)
+        module.eval()
+    encoder.frozen_modules = modules
+    return modules
+
+
+def keep_frozen_stages_eval(encoder: nn.Module) -> None:
+    """Put the modules frozen by :func:`freeze_stages` back in eval mode (after ``model.train()``)."""
+    for module in getattr(encoder, "frozen_modules", ()):
+        module.eval()
 
 
 def build_backbone(name: str) -> tuple[nn.Module, int]:
