@@ -7,7 +7,7 @@ with median / mean / std SRCC and PLCC.
 
 Example::
 
-    python bench/clive_probe.py --root /data/ChallengeDB_release --cache /work/cache/features
+    python bench/clive_probe.py --root $CLIVE_ROOT --cache ~/.cache/shamisa/features
 """
 
 from __future__ import annotations

@@ -25,9 +25,9 @@ separately and recorded (``reference_load_s_per_item``).
 
 Examples::
 
-    python bench/distortion_engine.py --images /work/shared/data/pristine/kodak24 --items 8 --threads 1
-    python bench/distortion_engine.py --images /work/shared/data/pristine/kodak24 --items 6 --workers 2 --no-types
-    python bench/distortion_engine.py --images /work/shared/data/pristine/kodak24 --items 4 --workers 2 --no-types \
+    python bench/distortion_engine.py --images ../shared/data/pristine/kodak24 --items 8 --threads 1
+    python bench/distortion_engine.py --images ../shared/data/pristine/kodak24 --items 6 --workers 2 --no-types
+    python bench/distortion_engine.py --images ../shared/data/pristine/kodak24 --items 4 --workers 2 --no-types \
         --engine reference --reference-repo ../SHAMISA
 """
 

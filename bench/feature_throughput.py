@@ -11,7 +11,7 @@ Writes ``bench/results/feature_throughput.json`` and ``.md`` and prints the mark
 
 Example::
 
-    python bench/feature_throughput.py --root /data/ChallengeDB_release --limit 200
+    python bench/feature_throughput.py --root $CLIVE_ROOT --limit 200
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def decode_rate(paths: list[str], crop: int, workers: int, batch_size: int) -> float:
-    from shamisa.probe import _collate, _CropDataset, _worker_init
+    from shamisa.evaluation.features import _collate, _CropDataset, _worker_init
 
     loader = torch.utils.data.DataLoader(
         _CropDataset(paths, crop), batch_size=batch_size, num_workers=workers, collate_fn=_collate,
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from shamisa.datasets import load_dataset
     from shamisa.models import build_encoder
-    from shamisa.probe import extract_features
+    from shamisa.evaluation.features import extract_features
 
     import os
 

@@ -8,7 +8,7 @@ against the real codec's output, and the CPU milliseconds per crop of each (one 
 
 Usage::
 
-    python bench/jpeg2000_approx.py --images /work/shared/data/pristine/kodak24 --sides 128,224
+    python bench/jpeg2000_approx.py --images ../shared/data/pristine/kodak24 --sides 128,224
 """
 
 from __future__ import annotations

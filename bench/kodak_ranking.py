@@ -14,8 +14,8 @@ distinct distorted levels plus an identical-to-pristine one, which is fine for t
 
 Usage::
 
-    python bench/kodak_ranking.py --kodak /work/shared/data/pristine/kodak24 \
-        --encoder imagenet=efficientnet_lite0 --encoder pretrained=/work/runs/pretrain-cpu/encoder.safetensors
+    python bench/kodak_ranking.py --kodak ../shared/data/pristine/kodak24 \
+        --encoder imagenet=efficientnet_lite0 --encoder pretrained=runs/pretrain-cpu/encoder.safetensors
 
 Writes ``bench/results/kodak_ranking.json`` and prints a markdown table (types x encoders).
 """
@@ -34,7 +34,7 @@ from scipy.stats import spearmanr
 from shamisa.distortions import DISTORTION_NAMES, GROUP_OF, apply_distortion
 from shamisa.distortions.levels import severity_to_value
 from shamisa.images import ensure_min_side, load_image
-from shamisa.pretrain_data import find_images
+from shamisa.training.data import find_images
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -101,7 +101,7 @@ def ranking_scores(encoder, pristine: torch.Tensor, stacks: dict[str, torch.Tens
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--kodak", default="/work/shared/data/pristine/kodak24")
+    ap.add_argument("--kodak", default="../shared/data/pristine/kodak24")
     ap.add_argument("--encoder", action="append", required=True, help="label=efficientnet_lite0 or label=path.safetensors")
     ap.add_argument("--crop", type=int, default=224)
     ap.add_argument("--seed", type=int, default=0)

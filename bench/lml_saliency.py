@@ -7,8 +7,8 @@ trained again, so the script can be stopped and restarted.
 
 Writes ``bench/results/lml_saliency.json`` and ``.md`` and prints the markdown table.
 
-    python bench/lml_saliency.py --root /data/ChallengeDB_release --modes spectral,random \\
-        --max-minutes 15 --crop 128 --runs /work/runs/lml
+    python bench/lml_saliency.py --root $CLIVE_ROOT --modes spectral,random \\
+        --max-minutes 15 --crop 128 --runs runs/lml
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from shamisa.fileio import atomic_write_json, atomic_write_text
-from shamisa.finetune import FinetuneConfig, finetune
+from shamisa.finetuning.lml import FinetuneConfig, finetune
 
 RESULTS = Path(__file__).parent / "results"
 # settings that must match for a stored run to be reused

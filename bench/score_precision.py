@@ -2,11 +2,11 @@
 
 Usage::
 
-    python bench/score_precision.py --root /data/ChallengeDB_release --threads 2
+    python bench/score_precision.py --root $CLIVE_ROOT --threads 2
 
 For every CLIVE image the scorer's protocol features (5 crops x 2 scales, ``QualityModel.features``)
 are computed twice, with ``precision="fp32"`` and ``precision="bf16"`` (cached under ``--cache``
-with :func:`shamisa.probe.cached_array`, keyed by the encoder weights, the image list and the precision). Reported:
+with :func:`shamisa.evaluation.features.cached_array`, keyed by the encoder weights, the image list and the precision). Reported:
 
 * the shipped head's raw predictions (CLIVE MOS scale, 0-100) in bf16 against fp32: mean / 99th
   percentile / largest absolute difference, and the rank correlation between the two;
@@ -37,12 +37,12 @@ RESULTS = REPO / "bench" / "results"
 def _features(model, paths: list[str], batch: int) -> np.ndarray:
     import torch
 
-    from shamisa.scorer import _prepare_path
+    from shamisa.inference.preprocess import prepare_path
 
     out = []
     t0 = time.perf_counter()
     for start in range(0, len(paths), batch):
-        crops = torch.stack([_prepare_path(p, model.crop, model.max_side).crops for p in paths[start : start + batch]])
+        crops = torch.stack([prepare_path(p, model.crop, model.max_side).crops for p in paths[start : start + batch]])
         with torch.inference_mode():
             out.append(model.features(crops).double().numpy())
         done = min(start + batch, len(paths))
@@ -77,10 +77,10 @@ def _main() -> int:
 
     from shamisa.datasets import load_dataset, make_splits
     from shamisa.fileio import atomic_write_json
-    from shamisa.metrics import plcc, srcc
-    from shamisa.probe import cached_array, feature_cache_key
-    from shamisa.regression import alpha_grid, fit_ridge, select_alpha
-    from shamisa.scorer import cpu_has_native_bf16, load
+    from shamisa.evaluation.metrics import plcc, srcc
+    from shamisa.evaluation.features import cached_array, feature_cache_key
+    from shamisa.evaluation.ridge import alpha_grid, fit_ridge, select_alpha
+    from shamisa.inference.quality_model import cpu_has_native_bf16, load
 
     torch.set_num_threads(args.threads)
     ds = load_dataset("clive", args.root)

@@ -61,7 +61,7 @@ def _run_mode(mode: str, models: dict, paths: list[str], args: argparse.Namespac
 
 
 def _load_models(modes: list[str], model: str) -> dict:
-    from shamisa.scorer import load
+    from shamisa.inference.quality_model import load
 
     out = {}
     for m in modes:
@@ -113,7 +113,7 @@ def main() -> int:
     import numpy as np
     import torch
 
-    from shamisa.scorer import cpu_has_native_bf16
+    from shamisa.inference.quality_model import cpu_has_native_bf16
 
     torch.set_num_threads(args.threads)
     modes = [m for m in args.modes.split(",") if m]

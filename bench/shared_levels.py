@@ -8,7 +8,7 @@ rounding. CPU time of one thread; median over repeats.
 
 Usage::
 
-    python bench/shared_levels.py --images /work/shared/data/pristine/kodak24 [--jpeg2000 approx]
+    python bench/shared_levels.py --images ../shared/data/pristine/kodak24 [--jpeg2000 approx]
 """
 
 from __future__ import annotations

@@ -65,8 +65,9 @@ def tiny_model(path: Path, crop: int) -> Path:
     import torch
 
     from shamisa.models import build_encoder
-    from shamisa.regression import RidgeHead
-    from shamisa.scorer import ModelCard, save_model
+    from shamisa.evaluation.ridge import RidgeHead
+    from shamisa.inference.card import ModelCard
+    from shamisa.inference.model_file import save_model
 
     torch.manual_seed(0)
     enc = build_encoder("efficientnet_lite0").eval()
@@ -93,7 +94,7 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from shamisa.scorer import load
+    from shamisa.inference.quality_model import load
 
     with tempfile.TemporaryDirectory() as d:
         folder = Path(d)

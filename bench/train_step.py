@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/train_step.py --data /work/shared/data/pristine [--preset cpu] [--exclude kodak24] [--steps 3] [--set key=value ...]
+    python bench/train_step.py --data ../shared/data/pristine [--preset cpu] [--exclude kodak24] [--steps 3] [--set key=value ...]
 
 Synthesis = building the step's structured items in the main process (decode, crops, every
 composition at every level); forward = encoder + projector + loss; backward = backward + SGD step.
@@ -22,8 +22,8 @@ import torch
 
 from shamisa.configs import apply_overrides, config_to_dict, preset
 from shamisa.distortions import builder
-from shamisa.pretrain_data import PristineDataset
-from shamisa.train import build_model, resolve_amp, set_train_mode
+from shamisa.training.data import PristineDataset
+from shamisa.training.model import build_model, resolve_amp, set_train_mode
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -60,10 +60,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from shamisa.datasets import load_dataset, make_splits
     from shamisa.fileio import atomic_write_json, cache_dir
-    from shamisa.metrics import srcc
+    from shamisa.evaluation.metrics import srcc
     from shamisa.models import build_encoder, load_encoder, read_encoder_metadata
-    from shamisa.probe import extract_features
-    from shamisa.scorer import ModelCard, fit_head, load, save_model
+    from shamisa.evaluation.features import extract_features
+    from shamisa.inference.card import ModelCard
+    from shamisa.inference.fit import fit_head
+    from shamisa.inference.model_file import save_model
+    from shamisa.inference.quality_model import load
 
     t0 = time.perf_counter()
     ds = load_dataset("clive", args.clive_root)

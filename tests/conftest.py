@@ -65,3 +65,14 @@ def image_folder(tmp_path: Path) -> Path:
         arr = (natural_like_image(240, 260, seed=i).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
         Image.fromarray(arr).save(folder / f"img{i}.{'png' if i % 2 else 'jpg'}")
     return folder
+
+
+def make_images(folder: Path, n: int = 6, h: int = 72, w: int = 80) -> Path:
+    """A folder of ``n`` natural-looking pristine images (PNG and JPEG alternating)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        arr = (natural_like_image(h, w, seed=i).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+        Image.fromarray(arr).save(folder / f"img{i}.{'png' if i % 2 else 'jpg'}")
+    return folder

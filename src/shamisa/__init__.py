@@ -14,9 +14,16 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "load", "create_metric", "list_models"]
 
 
-def __getattr__(name: str):  # PEP 562 lazy attributes
-    if name in {"load", "create_metric", "list_models"}:
-        from shamisa import scorer
+_LAZY = {
+    "load": "shamisa.inference.quality_model",
+    "create_metric": "shamisa.inference.metric",
+    "list_models": "shamisa.inference.model_file",
+}
 
-        return getattr(scorer, name)
+
+def __getattr__(name: str):  # PEP 562 lazy attributes
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'shamisa' has no attribute {name!r}")

@@ -5,7 +5,10 @@ Defaults live in code. A resolved config is printed at the start of a run, store
 
 Presets (see docs/pretraining.md for the reasoning behind each number):
 
-* ``paper``: the SHAMISA A0 recipe (ResNet-50, 224 px, 2 items a step, SGD 1.5e-3, cosine warm restarts).
+* ``paper``: the SHAMISA A0 recipe (ResNet-50, 224 px, 2 items a step per process, SGD 1.5e-3, cosine
+  warm restarts). Without ``--weights`` its ResNet-50 starts from random initialisation, while the
+  paper's reference code starts from ImageNet weights (a warning says so at run time). ``items_per_step``
+  is per process: under ``torchrun`` with N processes an optimizer step sees N times as many items.
 * ``cpu``:   an EfficientNet-Lite0 fine-tune from ImageNet, one epoch over 518 images, capped at 55 minutes
   on a shared 2-core CPU.
 * ``tiny``:  a few steps at 32 px with a random-init Lite0, for tests and smoke runs.
@@ -23,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shamisa.distortions.codecs import JPEG2000_IMPLS
 from shamisa.errors import ConfigError
 from shamisa.objectives import ShamisaLossConfig
 
@@ -174,8 +178,6 @@ def validate(cfg: PretrainConfig) -> None:
         raise ConfigError(f"num_workers must be >= 0, got {cfg.num_workers}")
     if cfg.synth_on_device and cfg.num_workers:
         raise ConfigError("synth_on_device=true synthesises in the main process: set num_workers=0")
-    from shamisa.distortions.codecs import JPEG2000_IMPLS
-
     if cfg.jpeg2000_impl not in JPEG2000_IMPLS:
         raise ConfigError(f"jpeg2000_impl must be one of {', '.join(JPEG2000_IMPLS)}, not {cfg.jpeg2000_impl!r}")
     if cfg.severity_dist not in {"gaussian", "uniform"}:
@@ -283,6 +285,16 @@ def _tiny() -> PretrainConfig:
 
 
 PRESETS: dict[str, typing.Callable[[], PretrainConfig]] = {"paper": _paper, "cpu": _cpu, "tiny": _tiny}
+
+
+def start_weights_warning(cfg: PretrainConfig) -> str | None:
+    """A warning when the encoder starts from random initialisation, else None."""
+    if cfg.pretrained or cfg.weights:
+        return None
+    return (
+        f"the {cfg.encoder} encoder starts from random initialisation (no --weights given); the paper's "
+        "reference code starts from ImageNet weights: pass --weights FILE with start weights to match it"
+    )
 
 
 def preset(name: str) -> PretrainConfig:

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from shamisa.errors import ImageLoadError
+from shamisa.fileio import atomic_path
 
 # Our own pixel guard (``max_pixels``) runs before decoding; Pillow's softer warning is redundant.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
@@ -209,8 +210,6 @@ def two_scale_crops(x: torch.Tensor, size: int = 224) -> tuple[torch.Tensor, tor
 
 def save_image(x: torch.Tensor, path: str | os.PathLike[str], **kwargs: object) -> None:
     """Save a (3, H, W) tensor in [0, 1] atomically; the format follows the file extension."""
-    from shamisa.fileio import atomic_path
-
     arr = (x.detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
     dest = Path(path)
     fmt = Image.registered_extensions().get(dest.suffix.lower())

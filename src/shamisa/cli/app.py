@@ -14,13 +14,14 @@ import typer
 
 from shamisa import __version__
 from shamisa.cli import (
-    benchmark_cmd,
+    compare_cmd,
     distort_cmd,
     evaluate_cmd,
     finetune_cmd,
     pretrain_cmd,
     score_cmd,
 )
+from shamisa.cli.exit_codes import EXIT_INTERRUPTED, EXIT_UNEXPECTED, EXIT_USER_ERROR
 
 app = typer.Typer(
     name="shamisa",
@@ -29,9 +30,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-EXIT_USER_ERROR = 2
-EXIT_UNEXPECTED = 3
 
 
 def _version_callback(value: bool) -> None:
@@ -47,7 +45,7 @@ def _root(
     """Self-supervised no-reference image quality assessment (SHAMISA, LML-IQA)."""
 
 
-for _module in (score_cmd, evaluate_cmd, distort_cmd, pretrain_cmd, finetune_cmd, benchmark_cmd):
+for _module in (score_cmd, evaluate_cmd, distort_cmd, pretrain_cmd, finetune_cmd, compare_cmd):
     _module.register(app)
 
 
@@ -62,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(EXIT_USER_ERROR)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except Exception as e:  # an unexpected failure: one line, the traceback only on request
         if os.environ.get("SHAMISA_DEBUG"):
             raise

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import typer
 
-EXIT_USER_ERROR = 2
+from shamisa.cli.common import DEVICE_HELP, err, user_error
 
 
 class Method(str, Enum):
@@ -32,10 +33,6 @@ class Regressor(str, Enum):
     auto = "auto"
     ridge = "ridge"
     svr = "svr"
-
-
-def _err(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def _parse_ratios(text: str) -> tuple[float, float, float]:
@@ -56,12 +53,11 @@ def _load_dataset(name_or_csv: str, root: Path | None, limit: int | None, skip_b
 
     p = Path(name_or_csv)
     if p.suffix.lower() in {".csv", ".tsv", ".txt"} or p.is_file():
-        from shamisa.datasets.generic import load_csv
-
-        from shamisa.cli.score_cmd import report_skipped_rows
+        from shamisa.datasets.generic import describe_skipped, load_csv
 
         ds = load_csv(p, name=p.stem, skip_bad=skip_bad_rows)
-        report_skipped_rows(ds.skipped, p)
+        for line in describe_skipped(ds.skipped, p):
+            err(line)
     else:
         if root is None:
             raise ConfigError(f"--root is required for the dataset {name_or_csv!r} (the folder of its release)")
@@ -114,12 +110,12 @@ def _encoder(name: str, weights: Path | None, device: str) -> tuple[Any, dict[st
 
 def _features(method: str, ds: Any, cfg: Any, cache: Path | None, encoder: Any, progress: bool) -> Any:
     if method == "brisque":
-        from shamisa.brisque import brisque_features_from_paths
+        from shamisa.evaluation.brisque import brisque_features_from_paths
 
         return brisque_features_from_paths(
             ds.paths, num_workers=cfg.num_workers, cache_dir=cache, dataset_name=ds.name, progress=progress
         )
-    from shamisa.probe import extract_features
+    from shamisa.evaluation.features import extract_features
 
     return extract_features(
         encoder,
@@ -170,7 +166,7 @@ def evaluate(
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the feature cache."),
     crop: int = typer.Option(224, "--crop", help="Crop side in pixels."),
     batch_size: int = typer.Option(8, "--batch-size", help="Images per forward pass (10 crops each)."),
-    device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu or cuda."),
+    device: str = typer.Option("cpu", "--device", help="Torch device: " + DEVICE_HELP),
     workers: int = typer.Option(2, "--workers", help="Image decoding processes."),
     amp: bool = typer.Option(False, "--amp/--no-amp", help="bfloat16 autocast for the encoder (changes features slightly)."),
     limit: int | None = typer.Option(None, "--limit", help="Debug: only the first N images."),
@@ -182,54 +178,92 @@ def evaluate(
     """Evaluate an encoder with the frozen linear-probe protocol (or BRISQUE) on an IQA dataset."""
     from shamisa.errors import ShamisaError
 
+    args = EvaluateArgs(
+        dataset=dataset, root=root, encoder=encoder, weights=weights, method=method.value,
+        regressor=None if regressor == Regressor.auto else regressor.value, splits_file=splits_file,
+        arniqa_splits=arniqa_splits, n_splits=n_splits, ratios=ratios, seed=seed, alpha_grid=alpha_grid.value,
+        cross_dataset=cross_dataset, cross_root=cross_root, out=out, cache=cache, no_cache=no_cache, crop=crop,
+        batch_size=batch_size, device=device, workers=workers, amp=amp, limit=limit, skip_bad_rows=skip_bad_rows,
+        quiet=quiet,
+    )
     try:
-        _run(locals())
+        _run(args)
     except ShamisaError as e:
-        _err(f"error: {e}")
-        raise typer.Exit(EXIT_USER_ERROR) from None
+        raise user_error(str(e)) from None
 
 
-def _run(a: dict[str, Any]) -> None:
+@dataclass(frozen=True)
+class EvaluateArgs:
+    """The options of ``shamisa evaluate``."""
+
+    dataset: str
+    root: Path | None = None
+    encoder: str = "efficientnet_lite0"
+    weights: Path | None = None
+    method: str = "probe"
+    regressor: str | None = None
+    splits_file: Path | None = None
+    arniqa_splits: Path | None = None
+    n_splits: int = 10
+    ratios: str = "0.7,0.1,0.2"
+    seed: int = 27
+    alpha_grid: str = "protocol"
+    cross_dataset: str | None = None
+    cross_root: Path | None = None
+    out: Path | None = None
+    cache: Path | None = None
+    no_cache: bool = False
+    crop: int = 224
+    batch_size: int = 8
+    device: str = "cpu"
+    workers: int = 2
+    amp: bool = False
+    limit: int | None = None
+    skip_bad_rows: bool = False
+    quiet: bool = False
+
+
+def _run(a: EvaluateArgs) -> None:
     import json
 
     import torch
 
+    from shamisa.device import resolve_device
     from shamisa.errors import ConfigError
-    from shamisa.evaluate import EvalConfig, evaluate_cross_dataset, evaluate_linear_probe, write_results
+    from shamisa.evaluation.protocol import EvalConfig, evaluate_cross_dataset, evaluate_linear_probe, write_results
     from shamisa.fileio import cache_dir
 
-    method = a["method"].value
+    method = a.method
     cfg = EvalConfig(
         method=method,
-        regressor=None if a["regressor"] == Regressor.auto else a["regressor"].value,
-        crop=a["crop"],
-        n_splits=a["n_splits"],
-        seed=a["seed"],
-        ratios=_parse_ratios(a["ratios"]),
-        alpha_grid=a["alpha_grid"].value,
-        batch_size=a["batch_size"],
-        device=a["device"],
-        num_workers=max(0, a["workers"]),
-        amp=a["amp"],
-        limit=a["limit"],
+        regressor=a.regressor,
+        crop=a.crop,
+        n_splits=a.n_splits,
+        seed=a.seed,
+        ratios=_parse_ratios(a.ratios),
+        alpha_grid=a.alpha_grid,
+        batch_size=a.batch_size,
+        device=a.device,
+        num_workers=max(0, a.workers),
+        amp=a.amp,
+        limit=a.limit,
     )
-    if method == "brisque" and a["weights"] is not None:
+    if method == "brisque" and a.weights is not None:
         raise ConfigError("--weights has no meaning with --method brisque")
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {cfg.device}: CUDA is not available on this machine")
-    if a["cross_root"] is not None and a["cross_dataset"] is None:
+    resolve_device(cfg.device)  # fails early on a device this machine does not have
+    if a.cross_root is not None and a.cross_dataset is None:
         raise ConfigError("--cross-root is given without --cross-dataset")
-    progress = not a["quiet"]
-    cache = None if a["no_cache"] else (a["cache"] or cache_dir() / "features")
+    progress = not a.quiet
+    cache = None if a.no_cache else (a.cache or cache_dir() / "features")
 
     t_start = time.perf_counter()
-    ds = _load_dataset(a["dataset"], a["root"], cfg.limit, a["skip_bad_rows"])
-    splits = _splits(ds, a["splits_file"], a["arniqa_splits"], cfg.n_splits, cfg.ratios, cfg.seed)
-    model_name = "brisque" if method == "brisque" else a["encoder"]
-    enc, model_info = (None, {"name": "brisque", "features": 36}) if method == "brisque" else _encoder(a["encoder"], a["weights"], cfg.device)
+    ds = _load_dataset(a.dataset, a.root, cfg.limit, a.skip_bad_rows)
+    splits = _splits(ds, a.splits_file, a.arniqa_splits, cfg.n_splits, cfg.ratios, cfg.seed)
+    model_name = "brisque" if method == "brisque" else a.encoder
+    enc, model_info = (None, {"name": "brisque", "features": 36}) if method == "brisque" else _encoder(a.encoder, a.weights, cfg.device)
     if enc is not None:
         model_name = enc.name
-    out = a["out"] or Path("runs") / "eval" / f"{ds.name}-{model_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = a.out or Path("runs") / "eval" / f"{ds.name}-{model_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     resolved = {
         "dataset": ds.name,
         "root": str(ds.root),
@@ -241,9 +275,9 @@ def _run(a: dict[str, Any]) -> None:
         "out": str(out),
         "torch_threads": torch.get_num_threads(),
     }
-    if a["cross_dataset"]:
-        resolved["cross_dataset"] = {"dataset": a["cross_dataset"], "root": None if a["cross_root"] is None else str(a["cross_root"])}
-    _err("shamisa evaluate: " + json.dumps(resolved, default=str))
+    if a.cross_dataset:
+        resolved["cross_dataset"] = {"dataset": a.cross_dataset, "root": None if a.cross_root is None else str(a.cross_root)}
+    err("shamisa evaluate: " + json.dumps(resolved, default=str))
 
     t0 = time.perf_counter()
     feats = _features(method, ds, cfg, cache, enc, progress)
@@ -251,10 +285,10 @@ def _run(a: dict[str, Any]) -> None:
     result = evaluate_linear_probe(feats, ds, splits, cfg, model_info=model_info, timing=timing)
     paths = write_results(result, out)
     _print_table(result)
-    _err(f"wrote {paths['json']} and {paths['scatter']}")
+    err(f"wrote {paths['json']} and {paths['scatter']}")
 
-    if a["cross_dataset"]:
-        target = _load_dataset(a["cross_dataset"], a["cross_root"], None)
+    if a.cross_dataset:
+        target = _load_dataset(a.cross_dataset, a.cross_root, None)
         t1 = time.perf_counter()
         tfeats = _features(method, target, cfg, cache, enc, progress)
         cross = evaluate_cross_dataset(
@@ -264,8 +298,8 @@ def _run(a: dict[str, Any]) -> None:
         cross_dir = Path(out) / f"cross-{target.name}"
         cpaths = write_results(cross, cross_dir)
         _print_table(cross)
-        _err(f"wrote {cpaths['json']} and {cpaths['scatter']}")
-    _err(f"done in {time.perf_counter() - t_start:.1f} s")
+        err(f"wrote {cpaths['json']} and {cpaths['scatter']}")
+    err(f"done in {time.perf_counter() - t_start:.1f} s")
 
 
 def register(app: typer.Typer) -> None:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import typer
 
+from shamisa.cli.common import DEVICE_HELP, user_error
+
 METHODS = ("lml",)
 
 
@@ -39,7 +41,7 @@ def finetune_command(
         "five_two_scale", "--eval-mode", help="Test views: five_two_scale (5 crops x 2 scales) | center."
     ),
     precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 (autocast)."),
-    device: str = typer.Option("auto", "--device", help="cpu | cuda | auto."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     limit: int | None = typer.Option(None, "--limit", help="Use at most N images of each of train/val/test."),
     max_minutes: float | None = typer.Option(None, "--max-minutes", help="Time budget for training + validation."),
@@ -48,11 +50,11 @@ def finetune_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
 ) -> None:
     """Fine-tune an encoder with a quality head on one split of a rated dataset (LML-IQA)."""
-    from shamisa.errors import ConfigError
-    from shamisa.finetune import FinetuneConfig, finetune
+    from shamisa.errors import ShamisaError
+    from shamisa.finetuning.lml import FinetuneConfig, finetune
 
     if method not in METHODS:
-        raise ConfigError(f"unknown fine-tuning method {method!r} (choose from {', '.join(METHODS)})")
+        raise user_error(f"unknown fine-tuning method {method!r} (choose from {', '.join(METHODS)})")
     cfg = FinetuneConfig(
         dataset=dataset,
         root=str(root),
@@ -78,7 +80,10 @@ def finetune_command(
         max_steps=max_steps,
         out=str(out),
     )
-    result = finetune(cfg, quiet=quiet)
+    try:
+        result = finetune(cfg, quiet=quiet)
+    except ShamisaError as e:
+        raise user_error(str(e)) from None
     summary = result.to_dict()
     summary.pop("history", None)
     typer.echo(json.dumps(summary, indent=2))

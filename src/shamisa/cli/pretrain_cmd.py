@@ -2,9 +2,12 @@
 
 Examples::
 
-    shamisa pretrain --preset cpu --data /data/pristine --exclude kodak24 --out runs/cpu
-    shamisa pretrain --preset paper --data /data/kadis/ref_imgs --set items_per_step=4 --set loss.rho=0
+    shamisa pretrain --preset cpu --data ../shared/data/pristine --exclude kodak24 --out runs/cpu
+    shamisa pretrain --preset paper --data $KADIS_ROOT/ref_imgs --weights resnet50-imagenet.pth --set loss.rho=0
     torchrun --nproc_per_node 4 -m shamisa pretrain --preset paper --data ... --out runs/paper
+
+``items_per_step`` is per process: under ``torchrun`` with N processes an optimizer step sees
+``items_per_step * N * grad_accum`` items (the paper's batch is 2 items on one process).
     shamisa export runs/cpu -o encoder.safetensors --fp16
 
 Running the same ``pretrain`` command again with the same ``--out`` resumes from its last checkpoint.
@@ -13,34 +16,38 @@ The resolved config is printed on stderr at the start; the run folder is printed
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import typer
 
-EXIT_USER_ERROR = 2
-
-
-def _fail(msg: str) -> typer.Exit:
-    print(f"error: {msg}", file=sys.stderr, flush=True)
-    return typer.Exit(EXIT_USER_ERROR)
+from shamisa.cli.common import DEVICE_HELP, user_error
 
 
 def pretrain(
-    preset: str = typer.Option("cpu", "--preset", "-p", help="Starting recipe: paper, cpu or tiny."),
+    preset: str = typer.Option(
+        "cpu", "--preset", "-p",
+        help="Starting recipe: paper (ResNet-50 from random initialisation unless --weights; "
+        "items_per_step=2 per process), cpu or tiny.",
+    ),
     config: Path | None = typer.Option(None, "--config", help="A config JSON (e.g. a run's config.json) instead of a preset."),
     data: list[Path] = typer.Option(None, "--data", "-d", help="Folder of pristine images (repeatable, recursive)."),
     exclude: list[str] = typer.Option(None, "--exclude", help="Sub-folder name or path to leave out (repeatable)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (checkpoints, metrics); reused to resume."),
     encoder: str | None = typer.Option(None, "--encoder", help="efficientnet_lite0/1/2, resnet18, resnet50."),
-    weights: Path | None = typer.Option(None, "--weights", help="Initial encoder weights (safetensors or .pth)."),
-    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1, auto."),
+    weights: Path | None = typer.Option(
+        None, "--weights", help="Initial encoder weights (safetensors or .pth), e.g. ImageNet ResNet-50 for the paper preset."
+    ),
+    device: str | None = typer.Option(None, "--device", help=DEVICE_HELP),
     max_steps: int | None = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
     max_minutes: float | None = typer.Option(None, "--max-minutes", help="Wall-time cap of this invocation (checkpoint, then stop)."),
     epochs: int | None = typer.Option(None, "--epochs", help="Passes over the images."),
     seed: int | None = typer.Option(None, "--seed", help="Random seed."),
     num_workers: int | None = typer.Option(None, "--num-workers", help="DataLoader worker processes for synthesis."),
-    overrides: list[str] = typer.Option(None, "--set", help="Override any config key: --set lr=1e-3 --set loss.rho=0."),
+    overrides: list[str] = typer.Option(
+        None, "--set",
+        help="Override any config key: --set lr=1e-3 --set loss.rho=0. items_per_step is per process "
+        "(under torchrun a step sees items_per_step x processes x grad_accum items).",
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit."),
 ) -> None:
     """Self-supervised pretraining of an encoder on folders of pristine images (resumable)."""
@@ -69,11 +76,11 @@ def pretrain(
         if dry_run:
             print(json.dumps(config_to_dict(cfg), indent=2))
             return
-        from shamisa.train import pretrain as run
+        from shamisa.training import pretrain as run
 
         run_dir = run(cfg)
     except ShamisaError as e:
-        raise _fail(str(e)) from None
+        raise user_error(str(e)) from None
     print(run_dir)
 
 
@@ -86,11 +93,11 @@ def export(
     from shamisa.errors import ShamisaError
 
     try:
-        from shamisa.train import export_encoder
+        from shamisa.training import export_encoder
 
         path = export_encoder(checkpoint, output, fp16=fp16)
     except ShamisaError as e:
-        raise _fail(str(e)) from None
+        raise user_error(str(e)) from None
     print(path)
 
 

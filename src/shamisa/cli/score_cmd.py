@@ -17,16 +17,17 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import typer
 
-EXIT_ITEM_FAILED = 1
-EXIT_USER_ERROR = 2
-MAX_LISTED_FAILURES = 20
+from shamisa.cli.common import DEVICE_HELP, MAX_LISTED_FAILURES, err, internal_error, user_error
+from shamisa.cli.exit_codes import EXIT_ITEM_FAILED, EXIT_OK, EXIT_USER_ERROR
+
 CSV_COLUMNS = ("path", "score", "raw", "width", "height", "flags", "error")
 
 
@@ -38,24 +39,6 @@ class OutputFormat(str, Enum):
 
 
 # ------------------------------------------------------------------------------------------ helpers
-
-
-def _err(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def _user_error(msg: str) -> typer.Exit:
-    _err(f"error: {msg}")
-    return typer.Exit(EXIT_USER_ERROR)
-
-
-def _internal_error(e: Exception) -> BaseException:
-    """Unexpected exceptions: one line (set SHAMISA_DEBUG=1 for the traceback)."""
-    if os.environ.get("SHAMISA_DEBUG"):
-        return e
-    _err(f"error: unexpected {type(e).__name__}: {e} (set SHAMISA_DEBUG=1 for a traceback and please report it)")
-    return typer.Exit(3)
-
 
 def _has_glob(s: str) -> bool:
     return any(c in s for c in "*?[")
@@ -207,39 +190,22 @@ def _infer_format(fmt: OutputFormat | None, output: Path | None) -> OutputFormat
     return OutputFormat.table if sys.stdout.isatty() else OutputFormat.csv
 
 
-def _progress(enabled: bool, total: int | None) -> Any:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    console = Console(stderr=True)
-    return Progress(
-        TextColumn("scoring"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not enabled,
-        transient=True,
-    )
-
-
 def _print_summary(n_ok: int, failures: list[Any], seconds: float, quiet: bool) -> dict[str, Any]:
     n = n_ok + len(failures)
     summary = {"images": n, "scored": n_ok, "failed": len(failures), "seconds": round(seconds, 3)}
     if not quiet:
         rate = n / seconds if seconds > 0 else 0.0
-        _err(f"scored {n_ok} of {n} image(s) in {seconds:.1f} s ({rate:.1f} images/s)")
+        err(f"scored {n_ok} of {n} image(s) in {seconds:.1f} s ({rate:.1f} images/s)")
     if failures:
-        _err(f"{len(failures)} failed:")
+        err(f"{len(failures)} failed:")
         for rec in failures[:MAX_LISTED_FAILURES]:
-            _err(f"  {rec.path}: {rec.error}")
+            err(f"  {rec.path}: {rec.error}")
         if len(failures) > MAX_LISTED_FAILURES:
-            _err(f"  ... and {len(failures) - MAX_LISTED_FAILURES} more (see the error column of the output)")
+            err(f"  ... and {len(failures) - MAX_LISTED_FAILURES} more (see the error column of the output)")
     return summary
 
 
 # ------------------------------------------------------------------------------------------ commands
-
 
 def score_command(
     paths: list[str] = typer.Argument(
@@ -252,7 +218,7 @@ def score_command(
         None, "--batch-size", "-b", min=1, show_default=False,
         help="Images per encoder batch (10 crops each). Default: 1 on the CPU (fastest there), 16 on CUDA.",
     ),
-    device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     precision: str = typer.Option(
         "fp32", "--precision",
         help="Encoder arithmetic: fp32 (the reference) or bf16 (about 3x faster on CPUs with AVX512-BF16/AMX "
@@ -278,11 +244,12 @@ def score_command(
     from shamisa.errors import ShamisaError
 
     try:
-        code = _run_score(
-            paths, recursive, model, batch_size, device, fmt, output, fail_fast, workers, max_side, quiet, precision
-        )
+        code = _run_score(ScoreArgs(
+            paths=tuple(paths), recursive=recursive, model=model, batch_size=batch_size, device=device, fmt=fmt,
+            output=output, fail_fast=fail_fast, workers=workers, max_side=max_side, quiet=quiet, precision=precision,
+        ))
     except ShamisaError as e:
-        raise _user_error(str(e)) from None
+        raise user_error(str(e)) from None
     except (typer.Exit, KeyboardInterrupt):
         raise
     except BrokenPipeError:  # e.g. `shamisa score ... | head`
@@ -292,60 +259,64 @@ def score_command(
         raise typer.Exit(EXIT_ITEM_FAILED) from None
     except OSError as e:  # the output file cannot be written, ...
         where = f"{e.filename}: " if e.filename else ""
-        raise _user_error(f"{where}{e.strerror or e}") from None
+        raise user_error(f"{where}{e.strerror or e}") from None
     except Exception as e:
-        raise _internal_error(e) from None
+        raise internal_error(e) from None
     raise typer.Exit(code)
 
 
-def _run_score(
-    paths: list[str],
-    recursive: bool,
-    model_name: str,
-    batch_size: int | None,
-    device: str,
-    fmt: OutputFormat | None,
-    output: Path | None,
-    fail_fast: bool,
-    workers: int | None,
-    max_side: int,
-    quiet: bool,
-    precision: str = "fp32",
-) -> int:
+@dataclass(frozen=True)
+class ScoreArgs:
+    """The options of ``shamisa score``."""
+
+    paths: tuple[str, ...]
+    recursive: bool = False
+    model: str = "default"
+    batch_size: int | None = None
+    device: str = "auto"
+    fmt: OutputFormat | None = None
+    output: Path | None = None
+    fail_fast: bool = False
+    workers: int | None = None
+    max_side: int = 2048
+    quiet: bool = False
+    precision: str = "fp32"
+
+
+def _run_score(a: ScoreArgs) -> int:
     import warnings
 
-    from shamisa.scorer import load
+    from shamisa.inference.quality_model import cpu_has_native_bf16, load
+    from shamisa.progress import progress_bar
 
     # Pillow warns about oddities of files it can still decode (corrupt EXIF, short TIFF reads); the
     # per-item result is what counts, so these stay off stderr (set once, before any decoding thread).
     warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
     warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")  # reported per item
-    out_fmt = _infer_format(fmt, output)
-    if output is not None and output.is_dir():
-        raise _user_error(f"{output}: is a folder; -o needs a file name")
-    model = load(model_name, device=device, max_side=max_side, precision=precision)
-    if precision == "bf16" and model.device.type == "cpu" and not quiet:
-        from shamisa.scorer import cpu_has_native_bf16
-
+    out_fmt = _infer_format(a.fmt, a.output)
+    if a.output is not None and a.output.is_dir():
+        raise user_error(f"{a.output}: is a folder; -o needs a file name")
+    model = load(a.model, device=a.device, max_side=a.max_side, precision=a.precision)
+    if a.precision == "bf16" and model.device.type == "cpu" and not a.quiet:
         if not cpu_has_native_bf16():
             print("warning: this CPU has no native bfloat16 instructions; --precision bf16 will be slower than fp32",
                   file=sys.stderr)
-    items: Any = expand_inputs(paths, recursive)
+    items: Any = expand_inputs(list(a.paths), a.recursive)
     total: int | None = None
-    if "-" not in paths:
+    if "-" not in a.paths:
         items = list(items)
         total = len(items)
         if total == 0:
-            raise _user_error("no images found (folders are searched for image file extensions; use -r for sub-folders)")
-    show_progress = not quiet and sys.stderr.isatty()
+            raise user_error("no images found (folders are searched for image file extensions; use -r for sub-folders)")
+    show_progress = not a.quiet
     failures: list[Any] = []
     n_ok = 0
     t0 = time.perf_counter()
-    with _open_output(output) as out:
+    with _open_output(a.output) as out:
         writer = _Writer(out_fmt, out, model.card)
-        with _progress(show_progress, total) as progress:
-            task = progress.add_task("score", total=total)
-            stream = model.score_paths(items, batch_size=batch_size, workers=workers)
+        with progress_bar(enabled=show_progress, lines=False, transient=True) as progress:
+            task = progress.add_task("scoring", total=total)
+            stream = model.score_paths(items, batch_size=a.batch_size, workers=a.workers)
             try:
                 for rec in stream:
                     writer.write(rec)
@@ -354,17 +325,17 @@ def _run_score(
                         n_ok += 1
                     else:
                         failures.append(rec)
-                        if fail_fast:
+                        if a.fail_fast:
                             break
             finally:
                 stream.close()
         if n_ok + len(failures) == 0:
-            raise _user_error("no images to score")
-        summary = _print_summary(n_ok, failures, time.perf_counter() - t0, quiet)
-        if fail_fast and failures:
-            _err("stopped at the first failure (--fail-fast)")
+            raise user_error("no images to score")
+        summary = _print_summary(n_ok, failures, time.perf_counter() - t0, a.quiet)
+        if a.fail_fast and failures:
+            err("stopped at the first failure (--fail-fast)")
         writer.close(summary)
-    return EXIT_ITEM_FAILED if failures else 0
+    return EXIT_ITEM_FAILED if failures else EXIT_OK
 
 
 def models_command(
@@ -374,7 +345,7 @@ def models_command(
 ) -> None:
     """List the bundled models (or describe model files) with their model-card information."""
     from shamisa.errors import ShamisaError
-    from shamisa.scorer import ALIASES, list_models, model_path, read_card
+    from shamisa.inference.model_file import ALIASES, list_models, model_path, read_card
 
     try:
         entries = []
@@ -388,12 +359,12 @@ def models_command(
             d["size_mb"] = round(path.stat().st_size / 1e6, 2)
             entries.append(d)
     except ShamisaError as e:
-        raise _user_error(str(e)) from None
+        raise user_error(str(e)) from None
     if as_json:
         print(json.dumps(entries, indent=2))
         return
     if not entries:
-        _err("no models installed")
+        err("no models installed")
         raise typer.Exit(EXIT_USER_ERROR)
     for d in entries:
         m = d["metrics"] or {}
@@ -412,18 +383,6 @@ def models_command(
         print("\n".join(line for line in lines if line is not None))
 
 
-def report_skipped_rows(skipped: Sequence[Any], source: object) -> None:
-    """On stderr: how many malformed label rows were left out, then the first
-    :data:`MAX_LISTED_FAILURES` with their line numbers and reasons."""
-    if not skipped:
-        return
-    _err(f"skipped {len(skipped)} malformed row(s) of {source}:")
-    for row in skipped[:MAX_LISTED_FAILURES]:
-        _err(f"  line {row.line}: {row.reason}" + (f" ({row.path})" if row.path and row.path not in row.reason else ""))
-    if len(skipped) > MAX_LISTED_FAILURES:
-        _err(f"  ... and {len(skipped) - MAX_LISTED_FAILURES} more")
-
-
 def _parse_range(text: str | None) -> tuple[float, float] | None:
     from shamisa.errors import ConfigError
 
@@ -436,47 +395,6 @@ def _parse_range(text: str | None) -> tuple[float, float] | None:
     if not lo < hi:
         raise ConfigError(f"--score-range needs LO < HI, got {text!r}")
     return lo, hi
-
-
-def resolve_encoder(encoder: str | None, weights: Path | None, model: str | None) -> tuple[Any, str]:
-    """The encoder to fit a head on, and a one-line description of where its weights come from.
-
-    Exactly one of: ``encoder`` (ImageNet weights), ``weights`` (an encoder file, or a foreign state
-    dict with ``encoder`` naming the architecture), ``model`` (the encoder of a model file / bundled
-    model). Nothing given: the bundled default model's encoder.
-    """
-    from shamisa.errors import ConfigError, ModelFileError
-    from shamisa.models import build_encoder, load_encoder, read_encoder_metadata
-
-    if model is not None and (encoder is not None or weights is not None):
-        raise ConfigError("give --model, or --encoder/--weights, not both")
-    if weights is not None:
-        try:
-            read_encoder_metadata(weights)
-            is_encoder_file = True
-        except ModelFileError:
-            is_encoder_file = False
-        if is_encoder_file:
-            enc, _ = load_encoder(weights)
-            if encoder is not None and encoder != enc.name:
-                raise ConfigError(f"{weights} holds a {enc.name} encoder, not {encoder}")
-        else:
-            from shamisa.scorer import read_model_file
-
-            with contextlib.suppress(ModelFileError):
-                if read_model_file(weights, verify=False)[0]:
-                    raise ConfigError(f"{weights} is a shamisa model file: pass it with --model, not --weights")
-            if encoder is None:
-                raise ConfigError(f"{weights} is not a shamisa encoder file: also give --encoder NAME (its architecture)")
-            enc = build_encoder(encoder, weights=weights)
-        return enc.eval(), f"{enc.name} encoder from {Path(weights).name} (weights sha256 {enc.weights_hash()[:12]})"
-    if encoder is not None:
-        enc = build_encoder(encoder, pretrained=True)
-        return enc.eval(), f"{enc.name} encoder with ImageNet weights"
-    from shamisa.scorer import load
-
-    m = load(model or "default", device="cpu")
-    return m.encoder, f"{m.encoder.name} encoder of model {model or 'default'!r}"
 
 
 def fit_command(
@@ -497,7 +415,7 @@ def fit_command(
     crop: int = typer.Option(224, "--crop", min=32, help="Crop size of the protocol."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Images per encoder batch."),
     workers: int = typer.Option(2, "--workers", "-j", min=0, help="Decoding worker processes."),
-    device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="Cache features under the shamisa cache folder."),
     name: str | None = typer.Option(None, "--name", help="Model name recorded in the card."),
     fp32: bool = typer.Option(False, "--fp32", help="Store encoder weights as fp32 (default fp16, half the size)."),
@@ -510,89 +428,25 @@ def fit_command(
     medians over the splits' test parts; the head in the file is refitted on all labelled images.
     """
     from shamisa.errors import ShamisaError
+    from shamisa.inference.fit import fit
 
     try:
-        _run_fit(labels, output, root, encoder, weights, model, mos_type, score_range, n_splits, seed, grid,
-                 crop, batch_size, workers, device, cache, name, fp32, quiet)
+        report = fit(
+            labels, output, root=root, encoder=encoder, weights=weights, model=model, mos_type=mos_type,
+            score_range=_parse_range(score_range), n_splits=n_splits, seed=seed, grid=grid, crop=crop,
+            batch_size=batch_size, workers=workers, device=device, cache=cache, name=name, fp32=fp32,
+            progress=not quiet and sys.stderr.isatty(), log=err,
+        )
     except ShamisaError as e:
-        raise _user_error(str(e)) from None
+        raise user_error(str(e)) from None
     except (typer.Exit, KeyboardInterrupt):
         raise
     except Exception as e:
-        raise _internal_error(e) from None
-
-
-def _run_fit(labels: str, output: Path, root: Path | None, encoder: str | None, weights: Path | None,
-             model: str | None, mos_type: str | None, score_range: str | None, n_splits: int, seed: int,
-             grid: str, crop: int, batch_size: int, workers: int, device: str, cache: bool,
-             name: str | None, fp32: bool, quiet: bool) -> None:
-    import torch
-
-    from shamisa.datasets import load_dataset, make_splits
-    from shamisa.datasets.generic import load_csv
-    from shamisa.errors import ConfigError, DatasetError
-    from shamisa.fileio import cache_dir
-    from shamisa.probe import extract_features
-    from shamisa.scorer import ModelCard, _resolve_device, fit_head, save_model
-
-    if mos_type is not None and mos_type not in ("mos", "dmos"):
-        raise ConfigError(f"--mos-type must be mos or dmos, not {mos_type!r}")
-    rng = _parse_range(score_range)
-    label_path = Path(labels)
-    if label_path.is_file():
-        kw: dict[str, Any] = {"skip_bad": True, "name": label_path.stem}
-        if mos_type:
-            kw["mos_type"] = mos_type
-        if rng:
-            kw["score_range"] = rng
-        if root is not None:
-            kw["image_root"] = root
-        ds = load_csv(label_path, **kw)
-        dataset_desc = f"CSV {label_path.name}"
-    elif label_path.suffix.lower() in {".csv", ".tsv", ".txt"} or label_path.exists():
-        raise DatasetError(f"{labels}: label file not found")
-    else:
-        if root is None:
-            raise ConfigError(f"{labels!r} is not a file; for a dataset name give its folder with --root")
-        ds = load_dataset(labels, root)
-        dataset_desc = ds.name
-        if mos_type or rng:
-            raise ConfigError("--mos-type/--score-range apply to CSV labels only (datasets know their scale)")
-    report_skipped_rows(ds.skipped, labels)
-    if len(ds) < 30:
-        raise DatasetError(f"{labels}: {len(ds)} usable labelled images; at least 30 are needed (3 per validation split)")
-    dev = _resolve_device(device)
-    enc, enc_desc = resolve_encoder(encoder, weights, model)
-    enc = enc.to(dev).eval()
-    _err(f"fitting a head on {len(ds)} images of {dataset_desc} ({ds.mos_type}, range {ds.score_range[0]:g}-{ds.score_range[1]:g}) with the {enc_desc}")
-    feats = extract_features(
-        enc, [str(p) for p in ds.paths], crop=crop, batch_size=batch_size, device=dev, num_workers=workers,
-        cache_dir=(cache_dir() / "features") if cache else None, dataset_name=ds.name,
-        progress=not quiet and sys.stderr.isatty(),
-    )
-    splits = make_splits(ds, n_splits=n_splits, seed=seed)
-    fit = fit_head(feats, ds.scores, splits, grid=grid)
-    split_kind = f"{len(splits)} {splits.kind} {'/'.join(str(round(100 * r)) for r in (splits.ratios or ()))} splits (seed {seed})"
-    card = ModelCard(
-        name=name or output.stem,
-        encoder=enc.name,
-        feature_dim=int(enc.feature_dim),
-        crop=crop,
-        dataset=ds.name,
-        mos_type=ds.mos_type,
-        score_range=ds.score_range,
-        recipe=(f"{enc_desc}; ridge head on {PROTOCOL_DESC}, alpha {fit.alpha:.4g} chosen by median validation "
-                f"SRCC over {split_kind}, grid {grid}; refitted on all {len(ds)} images of {dataset_desc}"),
-        metrics=fit.metrics(),
-        description=f"{enc.name} + ridge head fitted on {dataset_desc}",
-    )
-    save_model(output, enc.cpu(), fit.head, card, dtype=None if fp32 else torch.float16)
-    print(f"cross-validated SRCC {fit.srcc_median:.4f}, PLCC {fit.plcc_median:.4f} "
-          f"(median over {len(splits)} test splits; alpha {fit.alpha:.4g})")
+        raise internal_error(e) from None
+    hf = report.head_fit
+    print(f"cross-validated SRCC {hf.srcc_median:.4f}, PLCC {hf.plcc_median:.4f} "
+          f"(median over {report.n_splits} test splits; alpha {hf.alpha:.4g})")
     print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB); use it with: shamisa score --model {output} IMAGES")
-
-
-PROTOCOL_DESC = "5 crops x 2 scales (full + half), mean of crop predictions"
 
 
 def register(app: typer.Typer) -> None:

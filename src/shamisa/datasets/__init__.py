@@ -3,7 +3,7 @@
 Example::
 
     from shamisa.datasets import load_dataset, make_splits
-    ds = load_dataset("clive", "/data/ChallengeDB_release")
+    ds = load_dataset("clive", os.environ["CLIVE_ROOT"])  # the ChallengeDB_release folder
     splits = make_splits(ds)            # 10 random 70/10/20 splits, seed 27
     train = ds.subset(splits.train[0])
 """

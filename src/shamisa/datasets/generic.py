@@ -16,6 +16,7 @@ Malformed rows (no path, a score that is empty / not a number / NaN, a missing i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -140,3 +141,16 @@ def load_csv(
         std=std,
         skipped=tuple(skipped),
     )
+
+
+def describe_skipped(skipped: Sequence[SkippedRow], source: object, *, limit: int = 20) -> list[str]:
+    """Lines telling how many malformed label rows of ``source`` were left out, then the first
+    ``limit`` with their line numbers and reasons."""
+    if not skipped:
+        return []
+    lines = [f"skipped {len(skipped)} malformed row(s) of {source}:"]
+    for row in skipped[:limit]:
+        lines.append(f"  line {row.line}: {row.reason}" + (f" ({row.path})" if row.path and row.path not in row.reason else ""))
+    if len(skipped) > limit:
+        lines.append(f"  ... and {len(skipped) - limit} more")
+    return lines

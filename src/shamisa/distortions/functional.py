@@ -27,7 +27,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from functools import lru_cache
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -35,9 +34,7 @@ import torch.nn.functional as F
 
 from shamisa.distortions.codecs import jpeg2000_impl, jpeg2000_pillow, jpeg_pillow, thread_pool
 from shamisa.distortions.colour_matrix import mix3, numpy_ok
-
-if TYPE_CHECKING:
-    from shamisa.distortions.wavelet_codec import WaveletAnalysis
+from shamisa.distortions.wavelet_codec import WaveletAnalysis, jpeg2000_analysis, jpeg2000_synthesis
 
 Tensor = torch.Tensor
 
@@ -677,8 +674,6 @@ def jpeg2000(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
 def _jpeg2000_prepare(x: Tensor) -> WaveletAnalysis | None:
     """The approximation's analysis of ``x`` (what does not depend on the ratio); None for the real codec."""
     if jpeg2000_impl() == "approx":
-        from shamisa.distortions.wavelet_codec import jpeg2000_analysis
-
         return jpeg2000_analysis(x)
     return None
 
@@ -686,8 +681,6 @@ def _jpeg2000_prepare(x: Tensor) -> WaveletAnalysis | None:
 def _jpeg2000_finish(state: WaveletAnalysis | None, x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
     if state is None:
         return jpeg2000_pillow(x, v)
-    from shamisa.distortions.wavelet_codec import jpeg2000_synthesis
-
     return jpeg2000_synthesis(state, v)
 
 

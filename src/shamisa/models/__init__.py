@@ -1,12 +1,14 @@
-"""Encoders (EfficientNet-Lite0/1/2, ResNet-18/50), the projector head and safetensors weight files."""
+"""The networks: encoders (EfficientNet-Lite0/1/2, ResNet-18/50) with their ImageNet start weights,
+the projector and quality heads, and the safetensors encoder files (``weights.py``, a leaf that reads
+and writes tensors; ``encoder.load_encoder`` builds an encoder from such a file). Depends on torch and
+safetensors only."""
 
 from __future__ import annotations
 
-from shamisa.models.encoder import ENCODER_NAMES, Encoder, build_encoder, load_backbone_state
+from shamisa.models.encoder import ENCODER_NAMES, Encoder, build_encoder, load_backbone_state, load_encoder
 from shamisa.models.heads import Projector, default_projector_dims
 from shamisa.models.imagenet import imagenet_state_dict
 from shamisa.models.weights import (
-    load_encoder,
     load_state_file,
     read_encoder_metadata,
     save_encoder,

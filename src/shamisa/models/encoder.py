@@ -6,8 +6,10 @@ ImageNet mean/std normalisation happens inside :class:`Encoder` (non-persistent 
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -16,8 +18,9 @@ from torch import nn
 
 from shamisa.errors import ConfigError, ModelFileError
 from shamisa.models.efficientnet_lite import LITE_VARIANTS, efficientnet_lite, scaled_stages
+from shamisa.models.imagenet import imagenet_state_dict
 from shamisa.models.resnet import RESNET_VARIANTS, resnet
-from shamisa.models.weights import load_state_file, tensors_sha256
+from shamisa.models.weights import check_encoder_file, load_state_file, read_safetensors, tensors_sha256
 
 #: every encoder :func:`build_encoder` knows.
 ENCODER_NAMES: tuple[str, ...] = (
@@ -239,9 +242,46 @@ def build_encoder(
     if pretrained and weights is not None:
         raise ConfigError("give either pretrained=True (ImageNet) or a weights file, not both")
     if pretrained:
-        from shamisa.models.imagenet import imagenet_state_dict
-
         load_backbone_state(encoder, imagenet_state_dict(name), source=f"ImageNet weights of {name}")
     elif weights is not None:
         load_backbone_state(encoder, load_state_file(weights), source=str(weights))
     return encoder
+
+
+def load_encoder(
+    path: str | os.PathLike[str], *, device: str | torch.device = "cpu"
+) -> tuple[Encoder, dict[str, Any]]:
+    """Load an encoder file written by :func:`save_encoder`.
+
+    Verifies format, version and the tensor checksum; fp16-stored weights come back as fp32.
+
+    Args:
+        path: the ``.safetensors`` encoder file.
+        device: where to put the encoder.
+
+    Returns:
+        ``(encoder, metadata)``: the encoder in eval mode and the user metadata given to
+        :func:`save_encoder` (``{}`` when none).
+
+    Raises:
+        ModelFileError: missing / non-safetensors / truncated / corrupted file, wrong format or version,
+            checksum mismatch, unknown encoder name, or tensors that do not fit the encoder.
+    """
+    p = Path(path)
+    tensors, meta = read_safetensors(p)
+    check_encoder_file(p, tensors, meta)
+    name = meta.get("encoder", "")
+    try:
+        encoder = build_encoder(name)
+    except ConfigError:
+        raise ModelFileError(f"{p}: unknown encoder {name!r}") from None
+    if meta.get("feature_dim") not in (None, str(encoder.feature_dim)):
+        raise ModelFileError(
+            f"{p}: feature_dim {meta.get('feature_dim')} does not match {name} ({encoder.feature_dim})"
+        )
+    load_backbone_state(encoder, tensors, source=str(p))
+    try:
+        user_meta = json.loads(meta.get("meta") or "{}")
+    except json.JSONDecodeError:
+        raise ModelFileError(f"{p}: unreadable metadata") from None
+    return encoder.to(device).eval(), user_meta

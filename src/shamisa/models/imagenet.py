@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from shamisa.errors import ConfigError, ModelFileError
-from shamisa.fileio import atomic_path, cache_dir
+from shamisa.fileio import atomic_path, cache_dir, sha256_file
 from shamisa.models.weights import tensors_sha256
 
 CACHE_FORMAT = "shamisa-imagenet"
@@ -113,8 +113,6 @@ def _read_cache(path: Path, src: ImagenetSource) -> dict[str, torch.Tensor] | No
 
 def _convert(name: str, src: ImagenetSource, dest: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import save_file
-
-    from shamisa.fileio import sha256_file
 
     pth = source_path(name)
     if not pth.is_file():

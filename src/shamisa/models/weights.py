@@ -1,4 +1,7 @@
-"""Encoder weight files and foreign state-dict files.
+"""Encoder weight files and foreign state-dict files: reading and writing tensors and their metadata.
+
+A leaf module: it imports no other ``shamisa.models`` module (building an encoder from a file is
+``shamisa.models.encoder.load_encoder``).
 
 The encoder file format (``format = "shamisa-encoder"``, ``format_version = "1"``) is a safetensors file
 whose tensors are the backbone ``state_dict`` with its usual key names (so the file is also a plain
@@ -26,15 +29,14 @@ import os
 import struct
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
 
 from shamisa.errors import ModelFileError
 from shamisa.fileio import atomic_path
-
-if TYPE_CHECKING:
-    from shamisa.models.encoder import Encoder
 
 FORMAT = "shamisa-encoder"
 FORMAT_VERSION = "1"
@@ -105,9 +107,8 @@ def read_safetensors_header(path: str | os.PathLike[str]) -> dict[str, Any]:
     return header
 
 
-def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors.torch import load_file
-
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors (on the CPU) and the str->str metadata of a safetensors file."""
     header = read_safetensors_header(path)
     meta = header.get("__metadata__") or {}
     try:
@@ -117,7 +118,7 @@ def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
     return tensors, dict(meta)
 
 
-def _check_encoder_file(path: Path, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str]) -> None:
+def check_encoder_file(path: Path, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str]) -> None:
     if meta.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not a shamisa encoder file (format={meta.get('format')!r})")
     if meta.get("format_version") != FORMAT_VERSION:
@@ -132,7 +133,7 @@ def _check_encoder_file(path: Path, tensors: Mapping[str, torch.Tensor], meta: M
 
 def save_encoder(
     path: str | os.PathLike[str],
-    encoder: Encoder,
+    encoder: nn.Module,
     metadata: Mapping[str, Any] | None = None,
     *,
     dtype: torch.dtype | None = None,
@@ -141,15 +142,14 @@ def save_encoder(
 
     Args:
         path: destination file (``.safetensors`` recommended).
-        encoder: the encoder to save (any device; its normalisation constants are not stored).
+        encoder: the ``shamisa.models.Encoder`` to save (any device; its normalisation constants are
+            not stored).
         metadata: JSON-serialisable user metadata, stored JSON-encoded under ``"meta"``.
         dtype: storage dtype of floating tensors (``torch.float16`` halves the file); default: as is.
 
     Returns:
         The destination path.
     """
-    from safetensors.torch import save_file
-
     tensors: dict[str, torch.Tensor] = {}
     for name, t in encoder.backbone.state_dict().items():
         t = t.detach().cpu()
@@ -182,48 +182,6 @@ def read_encoder_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     if meta.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not a shamisa encoder file (format={meta.get('format')!r})")
     return meta
-
-
-def load_encoder(
-    path: str | os.PathLike[str], *, device: str | torch.device = "cpu"
-) -> tuple[Encoder, dict[str, Any]]:
-    """Load an encoder file written by :func:`save_encoder`.
-
-    Verifies format, version and the tensor checksum; fp16-stored weights come back as fp32.
-
-    Args:
-        path: the ``.safetensors`` encoder file.
-        device: where to put the encoder.
-
-    Returns:
-        ``(encoder, metadata)``: the encoder in eval mode and the user metadata given to
-        :func:`save_encoder` (``{}`` when none).
-
-    Raises:
-        ModelFileError: missing / non-safetensors / truncated / corrupted file, wrong format or version,
-            checksum mismatch, unknown encoder name, or tensors that do not fit the encoder.
-    """
-    from shamisa.errors import ConfigError
-    from shamisa.models.encoder import build_encoder, load_backbone_state
-
-    p = Path(path)
-    tensors, meta = _load_safetensors(p)
-    _check_encoder_file(p, tensors, meta)
-    name = meta.get("encoder", "")
-    try:
-        encoder = build_encoder(name)
-    except ConfigError:
-        raise ModelFileError(f"{p}: unknown encoder {name!r}") from None
-    if meta.get("feature_dim") not in (None, str(encoder.feature_dim)):
-        raise ModelFileError(
-            f"{p}: feature_dim {meta.get('feature_dim')} does not match {name} ({encoder.feature_dim})"
-        )
-    load_backbone_state(encoder, tensors, source=str(p))
-    try:
-        user_meta = json.loads(meta.get("meta") or "{}")
-    except json.JSONDecodeError:
-        raise ModelFileError(f"{p}: unreadable metadata") from None
-    return encoder.to(device).eval(), user_meta
 
 
 def _is_torch_pickle(path: Path) -> bool:
@@ -276,7 +234,7 @@ def load_state_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
                 f"(only tensors and plain containers are allowed): {first}"
             ) from None
         return _unwrap(obj, p)
-    tensors, meta = _load_safetensors(p)
+    tensors, meta = read_safetensors(p)
     if meta.get("format") == FORMAT:
-        _check_encoder_file(p, tensors, meta)
+        check_encoder_file(p, tensors, meta)
     return tensors

@@ -1,5 +1,8 @@
-"""Loss terms: VICReg terms, relation graphs, transport branch, aggregation, the combined SHAMISA
-objective, NT-Xent (SimCLR / ARNIQA-style) and the LML-IQA local-manifold contrastive loss."""
+"""Every loss, as pure functions plus small modules: the VICReg terms, the relation graphs, the
+transport branch, the branch aggregation and the combined SHAMISA objective; NT-Xent and the
+ARNIQA-style baseline objective; the LML-IQA local-manifold contrastive loss; and the registry of
+pretraining losses (:data:`LOSSES`, a plain dict from ``cfg.method`` to a builder). Depends on torch
+only, never on the training, evaluation or inference code that uses it."""
 
 from shamisa.objectives.aggregate import (
     BRANCHES,
@@ -10,6 +13,7 @@ from shamisa.objectives.aggregate import (
     pair_cost,
     relation_loss,
 )
+from shamisa.objectives.arniqa import ArniqaLossConfig, ArniqaObjective
 from shamisa.objectives.curves import exponential_curve, get_curve, reciprocal_curve
 from shamisa.objectives.graphs import (
     EdgeList,
@@ -26,6 +30,7 @@ from shamisa.objectives.graphs import (
 )
 from shamisa.objectives.lml import local_manifold_contrastive_loss
 from shamisa.objectives.ntxent import nt_xent, nt_xent_multi_positive
+from shamisa.objectives.registry import LOSSES, build_loss
 from shamisa.objectives.shamisa import ShamisaLossConfig, ShamisaObjective
 from shamisa.objectives.transport import (
     PrototypeLayer,
@@ -43,6 +48,9 @@ from shamisa.objectives.vicreg import (
 )
 
 __all__ = [
+    "LOSSES",
+    "ArniqaLossConfig",
+    "ArniqaObjective",
     "BRANCHES",
     "BranchWeighting",
     "EdgeList",
@@ -52,6 +60,7 @@ __all__ = [
     "ShamisaObjective",
     "TransportResult",
     "branch_statistics",
+    "build_loss",
     "coalesce",
     "combine_branches",
     "covariance_term",

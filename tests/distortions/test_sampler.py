@@ -1,0 +1,47 @@
+"""The composition sampler: metadata consistency, the severity distribution, determinism and options."""
+
+from __future__ import annotations
+
+
+import pytest
+import torch
+
+from shamisa.distortions import (
+    GROUP_OF,
+    GROUPS,
+    sample_compositions,
+)
+from shamisa.errors import ConfigError
+
+
+def test_sampler_severity_distribution():
+    comps = sample_compositions(1000, generator=torch.Generator().manual_seed(4))
+    base = torch.stack([comps.indices[i, 0, j] for i in range(300) for j in range(int(comps.n_dist[i]))])
+    # half-normal sigma 2.5 clipped at 4: P(s = 4) = 2 (1 - Phi(1.6)) ~ 0.11
+    vs = comps.indices[torch.arange(1000), :, comps.var_slot].flatten()
+    frac_max = (vs == 4).float().mean().item()
+    assert 0.07 < frac_max < 0.15
+    assert base.min() >= 0 and base.max() <= 4
+
+
+def test_sampler_is_deterministic_and_options():
+    a = sample_compositions(8, generator=torch.Generator().manual_seed(5))
+    b = sample_compositions(8, generator=torch.Generator().manual_seed(5))
+    for field in ("type_ids", "indices", "values", "n_dist", "var_slot"):
+        assert torch.equal(getattr(a, field), getattr(b, field))
+    d = sample_compositions(16, generator=torch.Generator().manual_seed(5), discrete=True, max_distortions=3)
+    assert d.type_ids.shape == (16, 3) and (d.n_dist <= 3).all()
+    act = d.indices[d.indices >= 0]
+    assert torch.equal(act, act.round())
+    fo = sample_compositions(16, generator=torch.Generator().manual_seed(5), fixed_order=True)
+    firsts = {members[0] for members in GROUPS.values()}
+    gnames = list(GROUPS)
+    for i in range(16):
+        names = fo.names(i)
+        assert set(names) <= firsts
+        order = [gnames.index(GROUP_OF[nm]) for nm in names]
+        assert order == sorted(order, key=lambda g: gnames[g])
+    with pytest.raises(ConfigError):
+        sample_compositions(2, generator=torch.Generator(), max_distortions=8)
+    with pytest.raises(ConfigError):
+        sample_compositions(2, generator=torch.Generator(), severity_dist="cauchy")  # type: ignore[arg-type]
