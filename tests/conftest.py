@@ -19,6 +19,42 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
+DEVICE_CHOICES = ("cpu", "cuda", "all")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--device",
+        action="store",
+        default="cpu",
+        choices=DEVICE_CHOICES,
+        help="devices the device-dependent tests run on: cpu (default), cuda, or all (cpu and, when "
+        "one exists, cuda)",
+    )
+
+
+def _device_names(config: pytest.Config) -> list[str]:
+    choice = config.getoption("--device")
+    if choice == "all":
+        return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+    return [choice]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test that asks for the ``device`` fixture runs once per device chosen with ``--device``."""
+    if "device" in metafunc.fixturenames:
+        metafunc.parametrize("device", _device_names(metafunc.config), indirect=True)
+
+
+@pytest.fixture
+def device(request: pytest.FixtureRequest) -> torch.device:
+    """The torch device a device-dependent test runs on (see ``--device``); skips when CUDA is asked
+    for and there is none."""
+    name = getattr(request, "param", "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        pytest.skip("--device cuda: no CUDA device")
+    return torch.device(name)
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():

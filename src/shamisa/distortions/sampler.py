@@ -25,6 +25,8 @@ SEVERITY_STD = 2.5
 
 _GROUP_NAMES = tuple(GROUPS)
 _TYPE_ID = {name: i for i, name in enumerate(DISTORTION_NAMES)}
+#: Group positions in alphabetical order of the group names (the fixed-order ablation's order).
+_ALPHABETICAL_GROUPS = sorted(range(len(_GROUP_NAMES)), key=lambda g: _GROUP_NAMES[g])
 
 
 @dataclass(frozen=True)
@@ -89,8 +91,10 @@ def sample_compositions(
 ) -> Compositions:
     """Sample ``n_comps`` compositions.
 
-    Rules: ``n ~ U{1..max_distortions}``; ``n`` distinct groups in random order (alphabetical with
-    ``fixed_order``); one type per group uniformly (the group's first type with ``fixed_order``); a base
+    Rules: ``n ~ U{1..max_distortions}``; ``n`` distinct groups in random order; one type per group
+    uniformly; with ``fixed_order`` (ablation D4, as the reference's fixed-order mode) the first ``n``
+    groups in alphabetical order of their names and the alphabetically first type of each group
+    (gaublur, brighten, colordiff, jpeg, impulsenoise, highsharpen, colorblock); a base
     severity per slot; one varying slot uniformly among the active ones, which gets ``n_levels``
     independent fresh severities (unsorted). Values come from :func:`severity_to_value` (integer types
     rounded, their severities re-derived).
@@ -102,7 +106,7 @@ def sample_compositions(
         n_levels: L, levels per composition.
         severity_dist: "gaussian" (half-normal, sigma 2.5, clipped to 4) or "uniform".
         discrete: round severities to integer levels (ablation).
-        fixed_order: alphabetical group order, first type per group (ablation).
+        fixed_order: the first ``n`` groups alphabetically, each with its alphabetically first type (ablation).
         extended_int_distortions: which types are integer-valued.
 
     Returns:
@@ -123,13 +127,13 @@ def sample_compositions(
     for f in range(n_comps):
         n = int(torch.randint(1, max_distortions + 1, (1,), generator=generator))
         groups = torch.randperm(len(_GROUP_NAMES), generator=generator)[:n].tolist()
-        if fixed_order:
-            groups = sorted(groups, key=lambda g: _GROUP_NAMES[g])
+        if fixed_order:  # the draws above are still made, so the rest of the stream is unchanged
+            groups = _ALPHABETICAL_GROUPS[:n]
         names = []
         for g in groups:
             members = GROUPS[_GROUP_NAMES[g]]
             k = int(torch.randint(0, len(members), (1,), generator=generator))
-            names.append(members[0] if fixed_order else members[k])
+            names.append(min(members) if fixed_order else members[k])
         base = sample_severity(n, generator=generator, severity_dist=severity_dist, discrete=discrete)
         v_slot = int(torch.randint(0, n, (1,), generator=generator))
         fresh = sample_severity(n_levels, generator=generator, severity_dist=severity_dist, discrete=discrete)
