@@ -43,7 +43,14 @@ from shamisa.fileio import atomic_write_json
 from shamisa.training.checkpoint import restore_checkpoint, rng_state, save_checkpoint, seed_everything
 from shamisa.training.data import PristineDataset, item_seed, make_loader
 from shamisa.training.distributed import DistInfo, all_ranks_any, init_distributed
-from shamisa.training.model import PretrainModel, build_model, freeze_encoder_lr, param_groups, resolve_amp, set_train_mode
+from shamisa.training.model import (
+    PretrainModel,
+    build_model,
+    build_optimizer,
+    freeze_encoder_lr,
+    resolve_amp,
+    set_train_mode,
+)
 from shamisa.training.runlog import RunLog, plot_loss_curve
 
 __all__ = ["pretrain"]
@@ -81,7 +88,7 @@ def _pretrain(cfg: PretrainConfig, t_start: float) -> Path:
 
     amp_dtype, use_scaler = resolve_amp(cfg, device)
     model = _model(cfg, device, amp_dtype)
-    opt = torch.optim.SGD(param_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = build_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=cfg.t0_epochs, T_mult=cfg.t_mult, eta_min=cfg.eta_min)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     record = restore_checkpoint(ckpt_dir, model, opt, scaler, resolved)

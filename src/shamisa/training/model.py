@@ -18,7 +18,15 @@ from shamisa.models.encoder import freeze_stages, keep_frozen_stages_eval
 from shamisa.objectives import build_loss
 from shamisa.training.distributed import gather_plain, gather_split
 
-__all__ = ["PretrainModel", "build_model", "freeze_encoder_lr", "param_groups", "resolve_amp", "set_train_mode"]
+__all__ = [
+    "PretrainModel",
+    "build_model",
+    "build_optimizer",
+    "freeze_encoder_lr",
+    "param_groups",
+    "resolve_amp",
+    "set_train_mode",
+]
 
 
 class PretrainModel(nn.Module):
@@ -93,6 +101,12 @@ def param_groups(model: PretrainModel, cfg: PretrainConfig) -> list[dict[str, An
     head = [p for p in trainable if id(p) not in encoder_ids]
     enc = [p for p in trainable if id(p) in encoder_ids]
     return [{"params": head}, {"params": enc, "lr": cfg.lr * cfg.encoder_lr_scale}]
+
+
+def build_optimizer(model: PretrainModel, cfg: PretrainConfig) -> torch.optim.SGD:
+    """SGD over :func:`param_groups` with the config's ``lr``, ``momentum`` and ``weight_decay`` (coupled
+    decay: ``weight_decay * p`` is added to every trainable parameter's gradient, as in the reference)."""
+    return torch.optim.SGD(param_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 def freeze_encoder_lr(opt: torch.optim.Optimizer, cfg: PretrainConfig, step: int) -> None:
