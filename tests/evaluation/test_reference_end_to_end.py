@@ -46,8 +46,9 @@ class SharpnessEncoder(nn.Module):
         return self.features(x)
 
 
-def _blur_dataset(folder: Path, n: int, seed: int) -> tuple[Path, np.ndarray]:
-    """``n`` textured images blurred by sigma in [0, 3]; score = 100 - 25 sigma (higher = better)."""
+def _blur_dataset(folder: Path, n: int, seed: int, invert: bool = False) -> tuple[Path, np.ndarray]:
+    """``n`` textured images blurred by sigma in [0, 3]; score = 100 - 25 sigma (higher = better), or with
+    ``invert`` 25 sigma (a made-up scale on which blur is "better")."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True)
     rows = ["path,score"]
@@ -59,7 +60,7 @@ def _blur_dataset(folder: Path, n: int, seed: int) -> tuple[Path, np.ndarray]:
         img = np.stack([base, base * 0.9 + 0.05, base * 0.8 + 0.1], axis=-1)
         img = ndimage.gaussian_filter(np.clip(img, 0, 1), (sigma, sigma, 0))
         Image.fromarray((img * 255).astype(np.uint8)).save(folder / f"im{i:02d}.png")
-        rows.append(f"im{i:02d}.png,{100 - 25 * sigma:.4f}")
+        rows.append(f"im{i:02d}.png,{(25 * sigma) if invert else (100 - 25 * sigma):.4f}")
     (folder / "labels.csv").write_text("\n".join(rows) + "\n")
     return folder / "labels.csv", sigmas
 
@@ -84,16 +85,20 @@ def test_linear_probe_recovers_a_known_monotone_relation(tmp_path):
     assert res_bad.median("srcc") < 0.6
 
 
-def test_finetune_recovers_a_known_monotone_relation(tmp_path):
+# the same images rated in both directions: the fixed features rank them either way, so only a pipeline that
+# learns from the scores gets both right (a head that ignores its targets keeps its random sign)
+@pytest.mark.parametrize("invert", [False, True])
+def test_finetune_recovers_a_known_monotone_relation(tmp_path, invert):
     from shamisa.finetuning.lml import FinetuneConfig, finetune
 
-    csv, _ = _blur_dataset(tmp_path / "blur", 40, seed=1)
+    seed = 0
+    csv, _ = _blur_dataset(tmp_path / "blur", 40, seed=1, invert=invert)
     ds = load_dataset("csv", csv)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     cfg = FinetuneConfig(
         dataset="csv", crop=40, batch_size=8, n_crops=2, epochs=12, n_splits=1, saliency="random",
         head_hidden=16, proj_hidden=8, proj_dim=4, head_lr=3e-2, lr=1e-4, regression_loss="mse",
-        out=str(tmp_path / "run"), seed=0,
+        out=str(tmp_path / "run"), seed=seed,
     )
     res = finetune(cfg, dataset=ds, encoder_factory=SharpnessEncoder, quiet=True)
     assert res.n_test == 8
