@@ -115,3 +115,17 @@ def test_cli_bad_override_is_one_line_error() -> None:
     res = CliRunner().invoke(app, ["pretrain", "--preset", "tiny", "--set", "lr=-1", "--dry-run"])
     assert res.exit_code == 2
     assert "error:" in res.output and "Traceback" not in res.output
+
+
+def test_arniqa_loss_settings_are_a_config_field() -> None:
+    from shamisa.configs import apply_overrides
+    from shamisa.objectives import ArniqaLossConfig
+    from shamisa.objectives.registry import build_loss
+
+    cfg = apply_overrides(PretrainConfig(), ["method=arniqa", "arniqa_loss.temperature=0.25", "arniqa_loss.pristine=exclude"])
+    assert cfg.arniqa_loss == ArniqaLossConfig(temperature=0.25, pristine="exclude")
+    assert PretrainConfig.from_dict(cfg.to_dict()).arniqa_loss == cfg.arniqa_loss  # saved and read back
+    loss = build_loss(cfg, 8, 4)
+    assert loss.cfg.temperature == 0.25 and loss.cfg.pristine == "exclude"
+    with pytest.raises(ConfigError):
+        apply_overrides(PretrainConfig(), ["arniqa_loss.temperature=0"])

@@ -28,7 +28,7 @@ from typing import Any
 
 from shamisa.distortions.codecs import JPEG2000_IMPLS
 from shamisa.errors import ConfigError
-from shamisa.objectives import ShamisaLossConfig
+from shamisa.objectives import ArniqaLossConfig, ShamisaLossConfig
 
 __all__ = [
     "METHODS",
@@ -64,6 +64,7 @@ class PretrainConfig:
     # objective
     method: str = "shamisa"
     loss: ShamisaLossConfig = field(default_factory=ShamisaLossConfig)
+    arniqa_loss: ArniqaLossConfig = field(default_factory=ArniqaLossConfig)  # used with method="arniqa"
     # model
     encoder: str = "resnet50"
     pretrained: bool = False
