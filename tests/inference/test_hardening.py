@@ -291,13 +291,57 @@ def test_folder_named_like_an_image(tmp_path):
         load_image_for_scoring(tmp_path / "folder.jpg")
 
 
-def test_unreadable_folder_in_walk(tmp_path, model_file):
-    from shamisa.cli.score_cmd import expand_inputs
+_WALK_SCRIPT = """
+import json, os, sys
+from shamisa.cli.score_cmd import expand_inputs
+import shamisa.errors, shamisa.images  # imported while the interpreter's files are still readable
+root = sys.argv[1]
+if os.getuid() == 0:  # permission bits do not bind root: continue as the unprivileged uid 65534
+    os.setgroups([])
+    os.setgid(65534)
+    os.setuid(65534)
+if os.access(os.path.join(root, "locked"), os.R_OK):
+    print(json.dumps("readable"))
+else:
+    items = list(expand_inputs([root], recursive=True))
+    print(json.dumps([i if isinstance(i, str) else "error:" + str(i) for i in items]))
+"""
 
-    (tmp_path / "ok").mkdir()
-    _rgb().save(tmp_path / "ok" / "a.png")
-    items = list(expand_inputs([str(tmp_path)], recursive=True))
-    assert [Path(i).name for i in items] == ["a.png"]
+
+def test_unreadable_folder_in_walk(model_file):
+    """A sub-folder that cannot be listed becomes one error item and the walk goes on. Permission bits do
+    not bind root, so the walk runs in a child process that drops to the unprivileged uid 65534 when it is
+    root (after its imports)."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="shamisa-walk-"))
+    try:
+        root.chmod(0o755)
+        (root / "ok").mkdir(mode=0o755)
+        _rgb().save(root / "ok" / "a.png")
+        (root / "ok" / "a.png").chmod(0o644)
+        (root / "locked").mkdir()
+        _rgb().save(root / "locked" / "b.png")
+        (root / "locked").chmod(0o000)
+
+        src = str(Path(__file__).resolve().parents[2] / "src")
+        env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        r = subprocess.run([sys.executable, "-c", _WALK_SCRIPT, str(root)], capture_output=True, text=True,
+                           env=env, cwd="/", timeout=120)
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout.strip().splitlines()[-1])
+        if out == "readable":
+            pytest.skip("this user can read a folder with mode 000 (capabilities)")
+        assert [Path(i).name for i in out if not i.startswith("error:")] == ["a.png"]
+        errors = [i for i in out if i.startswith("error:")]
+        assert len(errors) == 1 and "locked" in errors[0]
+    finally:
+        (root / "locked").chmod(0o755)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------ fuzzing
