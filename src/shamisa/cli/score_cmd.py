@@ -407,6 +407,9 @@ def fit_command(
     encoder: str | None = typer.Option(None, "--encoder", help="Encoder with ImageNet weights (e.g. efficientnet_lite0)."),
     weights: Path | None = typer.Option(None, "--weights", help="Encoder weights file (e.g. from 'shamisa pretrain')."),
     model: str | None = typer.Option(None, "--model", help="Use the encoder of this model (default: the bundled 'default')."),
+    with_content: bool = typer.Option(
+        False, "--with-content", help="Pair the encoder with the frozen ImageNet encoder of its architecture (content + quality)."
+    ),
     mos_type: str | None = typer.Option(None, "--mos-type", help="mos (higher is better) or dmos (CSV default: from the column name)."),
     score_range: str | None = typer.Option(None, "--score-range", help="The labels' scale LO,HI (CSV default: observed min,max)."),
     n_splits: int = typer.Option(10, "--splits", min=1, help="Random 70/10/20 splits for alpha selection and the CV estimate."),
@@ -432,7 +435,8 @@ def fit_command(
 
     try:
         report = fit(
-            labels, output, root=root, encoder=encoder, weights=weights, model=model, mos_type=mos_type,
+            labels, output, root=root, encoder=encoder, weights=weights, model=model, with_content=with_content,
+            mos_type=mos_type,
             score_range=_parse_range(score_range), n_splits=n_splits, seed=seed, grid=grid, crop=crop,
             batch_size=batch_size, workers=workers, device=device, cache=cache, name=name, fp32=fp32,
             progress=not quiet and sys.stderr.isatty(), log=err,

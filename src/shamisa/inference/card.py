@@ -55,6 +55,10 @@ class ModelCard:
         recipe: free text: how the encoder and head were obtained.
         metrics: cross-validated agreement of the recipe (e.g. ``{"srcc_median": .., "plcc_median": ..}``).
         description: one line for ``shamisa models``.
+        content: ``""`` for one encoder; ``"imagenet"`` when the encoder is a content + quality pair
+            (:class:`shamisa.models.PairedEncoder`: the file holds ``content.*`` and ``quality.*``
+            backbones of architecture ``encoder`` and ``feature_dim`` is the pair's).
+        shared_stages: stages the pair computes once for both encoders.
         extra: any other metadata keys, kept as strings.
     """
 
@@ -69,6 +73,8 @@ class ModelCard:
     recipe: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    content: str = ""
+    shared_stages: int = 0
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -78,6 +84,10 @@ class ModelCard:
         if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
             raise ModelFileError(f"score_range must be finite with lo < hi, got {self.score_range!r}")
         object.__setattr__(self, "score_range", (lo, hi))
+        if self.content not in ("", "imagenet"):
+            raise ModelFileError(f"content must be '' or 'imagenet', not {self.content!r}")
+        if int(self.shared_stages) < 0 or (self.shared_stages and not self.content):
+            raise ModelFileError(f"shared_stages {self.shared_stages} needs a content + quality pair")
         if int(self.crop) < 32 or int(self.feature_dim) < 1:
             raise ModelFileError(f"invalid crop {self.crop} or feature_dim {self.feature_dim}")
 
@@ -107,6 +117,9 @@ class ModelCard:
                 "shamisa_version": __version__,
             }
         )
+        if self.content:
+            meta["content"] = self.content
+            meta["shared_stages"] = str(int(self.shared_stages))
         return meta
 
     @classmethod
@@ -123,13 +136,14 @@ class ModelCard:
             feature_dim = int(meta["feature_dim"])
             crop = int(meta["crop"])
             head_dim = int(meta["head_dim"])
+            shared_stages = int(meta.get("shared_stages", "0"))
         except (ValueError, TypeError, json.JSONDecodeError) as e:
             raise ModelFileError(f"{source}: malformed metadata ({e})") from None
         if head_dim != 2 * feature_dim:
             raise ModelFileError(f"{source}: head_dim {head_dim} is not 2 x feature_dim {feature_dim}")
         if meta["protocol"] != PROTOCOL:
             raise ModelFileError(f"{source}: unknown feature protocol {meta['protocol']!r} (this version reads {PROTOCOL!r})")
-        known = set(REQUIRED_META) | {"name", "recipe", "metrics", "description", "shamisa_version"}
+        known = set(REQUIRED_META) | {"name", "recipe", "metrics", "description", "shamisa_version", "content", "shared_stages"}
         try:
             return cls(
                 name=meta.get("name", ""),
@@ -143,6 +157,8 @@ class ModelCard:
                 recipe=meta.get("recipe", ""),
                 metrics=metrics if isinstance(metrics, dict) else {},
                 description=meta.get("description", ""),
+                content=meta.get("content", ""),
+                shared_stages=shared_stages,
                 extra={k: v for k, v in meta.items() if k not in known},
             )
         except ModelFileError as e:
@@ -152,7 +168,7 @@ class ModelCard:
         """A flat dict for listings (``shamisa models``)."""
         return {
             "name": self.name,
-            "encoder": self.encoder,
+            "encoder": self.encoder + (f" + {self.content} content" if self.content else ""),
             "dataset": self.dataset,
             "mos_type": self.mos_type,
             "score_range": list(self.score_range),

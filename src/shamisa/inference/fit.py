@@ -22,9 +22,10 @@ from shamisa.evaluation.metrics import plcc, srcc
 from shamisa.evaluation.ridge import alpha_grid, fit_ridge, select_alpha
 from shamisa.fileio import cache_dir
 from shamisa.inference.card import ModelCard
-from shamisa.inference.model_file import read_model_file, save_model
+from shamisa.inference.model_file import encoder_card_fields, read_model_file, save_model
 from shamisa.inference.quality_model import load
-from shamisa.models import Encoder, build_encoder, load_encoder, read_encoder_metadata
+from shamisa.models import Encoder, PairedEncoder, build_encoder, load_encoder, read_encoder_metadata
+from shamisa.models import with_content as with_content_encoder
 
 __all__ = ["FitReport", "HeadFit", "MIN_IMAGES", "fit", "fit_head", "resolve_encoder"]
 
@@ -180,6 +181,7 @@ def fit(
     encoder: str | None = None,
     weights: str | Path | None = None,
     model: str | None = None,
+    with_content: bool = False,
     mos_type: str | None = None,
     score_range: tuple[float, float] | None = None,
     n_splits: int = 10,
@@ -206,6 +208,8 @@ def fit(
         output: the model file to write (``.safetensors``).
         root: the dataset folder (dataset name), or the folder a CSV's relative paths start from.
         encoder, weights, model: where the encoder comes from (see :func:`resolve_encoder`).
+        with_content: pair that encoder with the frozen ImageNet encoder of its architecture
+            (content + quality features, :func:`shamisa.models.with_content`).
         mos_type, score_range: the scale of CSV labels (default: from the column name; observed range).
         n_splits, seed, grid: the random 70/10/20 splits (split s uses seed + s) and the alpha grid.
         crop, batch_size, workers, device, cache: feature extraction settings.
@@ -229,6 +233,11 @@ def fit(
         )
     dev = resolve_device(device)
     enc, enc_desc = resolve_encoder(encoder, weights, model)
+    if with_content:
+        if isinstance(enc, PairedEncoder):
+            raise ConfigError("the encoder is already a content + quality pair: drop --with-content")
+        enc = with_content_encoder(enc)
+        enc_desc = f"{enc_desc}, paired with the frozen ImageNet {enc.content.name} (content; {enc.shared_stages} shared stages)"
     enc = enc.to(dev).eval()
     say(f"fitting a head on {len(ds)} images of {dataset_desc} ({ds.mos_type}, range {ds.score_range[0]:g}-"
         f"{ds.score_range[1]:g}) with the {enc_desc}")
@@ -242,8 +251,7 @@ def fit(
     split_kind = f"{len(splits)} {splits.kind} {ratios} splits (seed {seed})"
     card = ModelCard(
         name=name or output.stem,
-        encoder=enc.name,
-        feature_dim=int(enc.feature_dim),
+        **encoder_card_fields(enc),
         crop=crop,
         dataset=ds.name,
         mos_type=ds.mos_type,

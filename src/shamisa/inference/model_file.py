@@ -25,13 +25,14 @@ from shamisa.errors import ModelFileError
 from shamisa.evaluation.ridge import head_to_tensors
 from shamisa.fileio import atomic_path
 from shamisa.inference.card import FORMAT, FORMAT_VERSION, ModelCard
+from shamisa.models.paired import PairedEncoder
 from shamisa.models.weights import read_safetensors_header
 from shamisa.models.weights import tensors_sha256 as _tensors_sha256
 
-__all__ = ["ALIASES", "BUNDLED", "list_models", "model_path", "read_card", "read_model_file", "save_model", "tensors_sha256"]
+__all__ = ["ALIASES", "BUNDLED", "encoder_card_fields", "list_models", "model_path", "read_card", "read_model_file", "save_model", "tensors_sha256"]
 
 ASSETS = Path(__file__).parent.parent / "assets"
-BUNDLED: dict[str, str] = {"default": "default.safetensors"}
+BUNDLED: dict[str, str] = {"default": "default.safetensors", "imagenet-lite0": "imagenet-lite0.safetensors"}
 ALIASES: dict[str, str] = {"shamisa": "default", "shamisa-livec": "default", "shamisa-clive": "default"}
 
 
@@ -40,6 +41,15 @@ def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
     encoder weights files, :func:`shamisa.models.weights.tensors_sha256`): SHA-256 over, in sorted
     name order, each name, dtype, shape and the raw bytes of the contiguous CPU tensor."""
     return _tensors_sha256(tensors)
+
+
+def encoder_card_fields(encoder: nn.Module) -> dict[str, Any]:
+    """The card fields that describe ``encoder``: ``encoder`` (architecture), ``feature_dim`` and, for a
+    content + quality pair (:class:`shamisa.models.PairedEncoder`), ``content`` and ``shared_stages``."""
+    if isinstance(encoder, PairedEncoder):
+        return {"encoder": encoder.quality.name, "feature_dim": int(encoder.feature_dim), "content": "imagenet",
+                "shared_stages": int(encoder.shared_stages)}
+    return {"encoder": str(getattr(encoder, "name", "")), "feature_dim": int(getattr(encoder, "feature_dim", 0))}
 
 
 def _encoder_tensors(encoder: nn.Module, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:

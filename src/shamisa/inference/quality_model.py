@@ -53,7 +53,7 @@ from shamisa.evaluation.ridge import head_from_tensors
 from shamisa.inference.card import ModelCard, raw_to_score
 from shamisa.inference.model_file import model_path, read_model_file
 from shamisa.inference.preprocess import DEFAULT_MAX_SIDE, Prepared, as_image_tensor, display_path, prepare_image, prepare_path
-from shamisa.models import build_encoder, load_backbone_state
+from shamisa.models import Encoder, PairedEncoder, build_encoder, load_backbone_state
 
 __all__ = ["PRECISIONS", "QualityModel", "ScoreRecord", "ScoreResult", "cpu_has_native_bf16", "load"]
 
@@ -376,12 +376,32 @@ def _flush(out: list[tuple[str, Any, Any]], run_batch: Any) -> Iterator[ScoreRec
         yield next(scored) if kind == "ok" else p
 
 
-def _build_encoder_from_tensors(card: ModelCard, tensors: dict[str, torch.Tensor], source: str) -> nn.Module:
+def _backbone_from_tensors(name: str, tensors: dict[str, torch.Tensor], source: str) -> Encoder:
     try:
-        enc = build_encoder(card.encoder)
+        enc = build_encoder(name)
     except ConfigError as e:
         raise ModelFileError(f"{source}: {e}") from None
     load_backbone_state(enc, {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, source=source)
+    return enc.eval()
+
+
+def _build_encoder_from_tensors(card: ModelCard, tensors: dict[str, torch.Tensor], source: str) -> nn.Module:
+    """The model's encoder: one backbone, or a content + quality pair (``content.*`` / ``quality.*``)."""
+    if card.content:
+        parts = {}
+        for part in ("content", "quality"):
+            prefix = f"{part}.backbone."
+            parts[part] = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            if not parts[part]:
+                raise ModelFileError(f"{source}: the card says content + quality but the file has no {prefix}* tensors")
+        content = _backbone_from_tensors(card.encoder, parts["content"], f"{source} (content)")
+        quality = _backbone_from_tensors(card.encoder, parts["quality"], f"{source} (quality)")
+        try:
+            enc: nn.Module = PairedEncoder(content, quality, shared_stages=card.shared_stages)
+        except ConfigError as e:
+            raise ModelFileError(f"{source}: {e}") from None
+    else:
+        enc = _backbone_from_tensors(card.encoder, tensors, source)
     if int(enc.feature_dim) != card.feature_dim:
         raise ModelFileError(
             f"{source}: encoder {card.encoder!r} gives {enc.feature_dim}-d features but the card says {card.feature_dim}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 from shamisa.models.encoder import ENCODER_NAMES, Encoder, build_encoder, load_backbone_state, load_encoder
 from shamisa.models.heads import Projector, default_projector_dims
 from shamisa.models.imagenet import imagenet_state_dict
+from shamisa.models.paired import PairedEncoder, shared_stage_count, with_content
 from shamisa.models.weights import (
     load_state_file,
     read_encoder_metadata,
@@ -18,6 +19,7 @@ from shamisa.models.weights import (
 __all__ = [
     "ENCODER_NAMES",
     "Encoder",
+    "PairedEncoder",
     "Projector",
     "build_encoder",
     "default_projector_dims",
@@ -27,5 +29,7 @@ __all__ = [
     "load_state_file",
     "read_encoder_metadata",
     "save_encoder",
+    "shared_stage_count",
     "tensors_sha256",
+    "with_content",
 ]
