@@ -454,3 +454,35 @@ def save_overlay(qm: QualityMap, path: str | os.PathLike[str], **kwargs: Any) ->
     with atomic_path(dest) as tmp:
         Path(tmp).write_bytes(data)
     return dest
+
+
+class OverlayWriter:
+    """Writes one overlay PNG per image into a folder (``shamisa score --map DIR``): ``<stem>.map.png``,
+    ``<stem>-2.map.png`` when two inputs share a stem."""
+
+    def __init__(self, model: Any, folder: str | os.PathLike[str], *, patch: int | None = None,
+                 stride: int | None = None) -> None:
+        self.model = model
+        self.folder = Path(folder)
+        if self.folder.exists() and not self.folder.is_dir():
+            raise ConfigError(f"{self.folder}: exists and is not a folder (--map needs a folder)")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.patch, self.stride = patch, stride
+        self.written: list[Path] = []
+        self._used: set[str] = set()
+
+    def _name(self, source: str) -> Path:
+        stem = Path(source).stem or "image"
+        name, n = f"{stem}.map.png", 1
+        while name in self._used:
+            n += 1
+            name = f"{stem}-{n}.map.png"
+        self._used.add(name)
+        return self.folder / name
+
+    def write(self, image: Any, name: str | None = None) -> Path:
+        """Map ``image`` (a path or any input of :func:`quality_map`) and write its overlay."""
+        qm = quality_map(self.model, image, patch=self.patch, stride=self.stride)
+        out = save_overlay(qm, self._name(name or qm.name))
+        self.written.append(out)
+        return out
