@@ -8,7 +8,9 @@ project's batched function, and the distorted pixels are pasted into the pristin
 only. The default model's quality map (patch = its crop size, stride = half) is computed for all
 variants; we report, per distortion type, the mean map score over the distorted half and over the clean
 half (pooled over images and sides), the mean difference, and the fraction of (image, side) cases where
-the distorted half scores lower.
+the distorted half scores lower. Since the two halves of a photo differ in content (and so in score) to
+begin with, we also compare each half with the same half of the pristine image's map: how much each half
+lost, and how often the distorted half lost more than the clean one.
 
 Usage::
 
@@ -80,15 +82,19 @@ def main() -> None:
                 keys.append(("dist", t, side))
         maps = quality_maps(model, variants, patch=args.patch, stride=args.stride)
         clean = maps[0].map
-        clean_scores.append({"left": float(clean[:, :half].mean()), "right": float(clean[:, half:].mean())})
+        pristine = {"left": float(clean[:, :half].mean()), "right": float(clean[:, half:].mean())}
+        clean_scores.append(pristine)
         for (_, t, side), qm in zip(keys[1:], maps[1:], strict=True):
             m = qm.map
             dist_half = m[:, :half] if side == "left" else m[:, half:]
             clean_half = m[:, half:] if side == "left" else m[:, :half]
+            other = "right" if side == "left" else "left"
             per_type[t].append({
                 "image": f.name, "side": side,
                 "distorted_half": round(float(dist_half.mean()), 5),
                 "clean_half": round(float(clean_half.mean()), 5),
+                "pristine_same_half": round(pristine[side], 5),
+                "pristine_other_half": round(pristine[other], 5),
             })
         print(f"{f.name}: " + ", ".join(
             f"{t} {r['side']} {r['distorted_half']:.3f}/{r['clean_half']:.3f}" for t in TYPES for r in per_type[t][-2:]
@@ -98,6 +104,9 @@ def main() -> None:
         rows = per_type[t]
         dist = np.array([r["distorted_half"] for r in rows])
         cln = np.array([r["clean_half"] for r in rows])
+        p_same = np.array([r["pristine_same_half"] for r in rows])
+        p_other = np.array([r["pristine_other_half"] for r in rows])
+        drop_dist, drop_clean = p_same - dist, p_other - cln
         v, _ = severity_to_value(t, torch.tensor([args.severity]))
         summary[t] = {
             "value": float(v[0]),
@@ -110,6 +119,11 @@ def main() -> None:
                                                                   for r in rows if r["side"] == "left"])), 4),
             "fraction_distorted_lower_right": round(float(np.mean([r["distorted_half"] < r["clean_half"]
                                                                    for r in rows if r["side"] == "right"])), 4),
+            # paired with the pristine image's map: how much each half lost
+            "mean_drop_distorted_half_vs_pristine": round(float(drop_dist.mean()), 4),
+            "mean_drop_clean_half_vs_pristine": round(float(drop_clean.mean()), 4),
+            "fraction_distorted_half_dropped": round(float((drop_dist > 0).mean()), 4),
+            "fraction_distorted_half_dropped_more_than_clean_half": round(float((drop_dist > drop_clean).mean()), 4),
         }
     ex = maps[0]
     doc = {
@@ -133,11 +147,14 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
-    print("\n| type | value | distorted half | clean half | difference | distorted lower |")
-    print("|---|---|---|---|---|---|")
+    print("\n| type | value | distorted half | clean half | difference | distorted lower | drop vs pristine: "
+          "distorted / clean half | distorted half dropped more |")
+    print("|---|---|---|---|---|---|---|---|")
     for t, s in summary.items():
         print(f"| {t} | {s['value']:g} | {s['mean_distorted_half']:.4f} | {s['mean_clean_half']:.4f} | "
-              f"{s['mean_difference']:+.4f} | {s['fraction_distorted_lower']:.0%} ({s['cases']} cases) |")
+              f"{s['mean_difference']:+.4f} | {s['fraction_distorted_lower']:.0%} ({s['cases']} cases) | "
+              f"{s['mean_drop_distorted_half_vs_pristine']:+.4f} / {s['mean_drop_clean_half_vs_pristine']:+.4f} | "
+              f"{s['fraction_distorted_half_dropped_more_than_clean_half']:.0%} |")
     print(f"wrote {_rel(args.out)}")
 
 
