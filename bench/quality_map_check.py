@@ -34,7 +34,7 @@ import torch
 import shamisa
 from shamisa.distortions import apply_distortion, severity_to_value
 from shamisa.images import IMAGE_EXTENSIONS, load_image
-from shamisa.quality_maps import quality_maps
+from shamisa.inference.maps import quality_maps
 
 RESULTS = Path(__file__).parent / "results"
 TYPES = ("gaublur", "whitenoise")

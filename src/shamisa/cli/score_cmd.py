@@ -109,15 +109,7 @@ def expand_inputs(args: list[str], recursive: bool, stdin: io.TextIOBase | None 
 
 
 def _record_dict(rec: Any) -> dict[str, Any]:
-    return {
-        "path": rec.path,
-        "score": None if rec.score is None else round(rec.score, 6),
-        "raw": None if rec.raw is None else round(rec.raw, 6),
-        "width": rec.width,
-        "height": rec.height,
-        "flags": list(rec.flags),
-        "error": rec.error,
-    }
+    return rec.to_dict()  # one definition of the row, shared with the server's API
 
 
 class _Writer:
@@ -309,7 +301,7 @@ def _run_score(a: ScoreArgs) -> int:
                   file=sys.stderr)
     maps = None
     if a.map_dir is not None:
-        from shamisa.quality_maps import OverlayWriter
+        from shamisa.inference.maps import OverlayWriter
 
         maps = OverlayWriter(model, a.map_dir)
     items: Any = expand_inputs(list(a.paths), a.recursive)

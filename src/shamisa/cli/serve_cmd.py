@@ -57,7 +57,7 @@ def serve_command(
               file=sys.stderr)
         raise typer.Exit(EXIT_USER_ERROR) from None
     try:
-        from shamisa.scorer import load
+        from shamisa.inference.quality_model import load
 
         cfg = ServeConfig(
             max_upload_mb=max_upload_mb, max_files=max_files, max_pixels=max_pixels, queue=queue,

@@ -163,7 +163,7 @@ def _safe_name(name: str | None, index: int) -> str:
 def _check_pixels(path: str, name: str, max_pixels: int | None) -> None:
     if max_pixels is None:
         return
-    from shamisa.scorer import _peek
+    from shamisa.inference.preprocess import _peek
 
     _, size = _peek(path)
     if size is not None and size[0] * size[1] > max_pixels:
@@ -178,18 +178,18 @@ def _renamed(e: ImageLoadError, path: str, name: str) -> ImageLoadError:
 
 def prepare_file(path: str, name: str, crop: int, max_side: int, max_pixels: int | None) -> Any:
     """Decode and crop one file exactly as ``shamisa score`` does (plus the optional pixel limit)."""
-    from shamisa.scorer import _prepare_path
+    from shamisa.inference.preprocess import prepare_path
 
     try:
         _check_pixels(path, name, max_pixels)
-        return _prepare_path(path, crop, max_side)
+        return prepare_path(path, crop, max_side)
     except ImageLoadError as e:
         raise _renamed(e, path, name) from None
 
 
 def load_file(path: str, name: str, max_side: int, max_pixels: int | None) -> Any:
     """Decode one file for a quality map, with the scorer's guards."""
-    from shamisa.scorer import load_image_for_scoring
+    from shamisa.inference.preprocess import load_image_for_scoring
 
     try:
         _check_pixels(path, name, max_pixels)
@@ -236,7 +236,7 @@ def create_app(
     model_name: str = "default",
     device: str | None = None,
 ) -> FastAPI:
-    """Build the server around a loaded :class:`~shamisa.scorer.QualityModel` (or load ``model_name``).
+    """Build the server around a loaded :class:`~shamisa.inference.quality_model.QualityModel` (or load ``model_name``).
 
     The model's encoder is warmed up here (traced on the CPU), so the first request is not slow.
     """
@@ -244,7 +244,7 @@ def create_app(
 
     cfg = config or ServeConfig()
     if model is None:
-        from shamisa.scorer import load
+        from shamisa.inference.quality_model import load
 
         model = load(model_name, device=device)
     crop, max_side = model.crop, model.max_side
@@ -334,8 +334,7 @@ def create_app(
 
     async def score_items(items: list[tuple[str, Any]]) -> JSONResponse:
         """items: (display name, coroutine giving a Prepared) -> the score document."""
-        from shamisa.cli.score_cmd import _record_dict
-        from shamisa.scorer import ScoreRecord
+        from shamisa.inference.quality_model import ScoreRecord
 
         t0 = time.perf_counter()
         results = await asyncio.gather(*(c for _, c in items), return_exceptions=True)
@@ -356,7 +355,7 @@ def create_app(
             else:
                 reason = r.reason if isinstance(r, ImageLoadError) else str(r)
                 records.append(ScoreRecord(name, error=reason))
-        rows = [_record_dict(rec) for rec in records]
+        rows = [rec.to_dict() for rec in records]
         failed = [d for d in rows if d["error"]]
         summary = {"images": len(rows), "scored": len(rows) - len(failed), "failed": len(failed),
                    "seconds": round(time.perf_counter() - t0, 3)}
@@ -438,7 +437,7 @@ def create_app(
         request: Request, format: str = "png", patch: int | None = None, stride: int | None = None,
         alpha: float = 0.5,
     ) -> Response:
-        from shamisa.quality_maps import heatmap_rgba, render_overlay
+        from shamisa.inference.maps import heatmap_rgba, render_overlay
 
         if format not in MAP_FORMATS:
             raise HTTPException(400, f"format must be one of {', '.join(MAP_FORMATS)}, not {format!r}")

@@ -2,7 +2,7 @@
 
 One thread owns the model: every encoder pass of the server runs there, off the event loop. Scoring
 jobs that wait together are merged into one encoder batch (up to ``batch_size`` images); map jobs run
-one at a time (their patches are batched inside :func:`shamisa.quality_maps.quality_maps`).
+one at a time (their patches are batched inside :func:`shamisa.inference.maps.quality_maps`).
 
 The admission counter bounds how many requests are inside the server at once (waiting for the model,
 decoding or running); a request over the bound is answered 503 with a Retry-After estimate.
@@ -107,7 +107,7 @@ class ModelWorker:
             job.future.set_exception(e)
 
     def _run_map(self, payload: Any) -> Any:
-        from shamisa.quality_maps import quality_maps
+        from shamisa.inference.maps import quality_maps
 
         image, patch, stride = payload
         t0 = time.perf_counter()

@@ -14,7 +14,7 @@ import shamisa
 from conftest import natural_like_image
 from shamisa.distortions import apply_distortion, severity_to_value
 from shamisa.errors import ConfigError, ImageLoadError, ShamisaError
-from shamisa.quality_maps import (
+from shamisa.inference.maps import (
     heatmap_rgba,
     patch_grid,
     quality_map,
@@ -170,24 +170,3 @@ def test_overlay_png_has_a_colour_bar_and_the_heatmap_the_image_aspect(model, ha
     d = qm.to_dict()
     assert d["width"] == 448 and len(d["grid"]) == 2 and len(d["map"]) == 256 and d["map_step"] == 1
 
-
-def test_score_cli_writes_one_overlay_per_image_beside_the_rows(tmp_path):
-    from typer.testing import CliRunner
-
-    from shamisa.cli.app import app
-
-    for i, sub in enumerate(("a", "b")):
-        (tmp_path / sub).mkdir()
-        arr = (natural_like_image(240, 260, seed=i).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
-        Image.fromarray(arr).save(tmp_path / sub / "same.png")  # two inputs with one stem
-    (tmp_path / "bad.png").write_text("no image")
-    out = CliRunner().invoke(app, ["score", str(tmp_path / "a" / "same.png"), str(tmp_path / "b" / "same.png"),
-                                   str(tmp_path / "bad.png"), "--map", str(tmp_path / "maps"), "-f", "csv",
-                                   "--device", "cpu"])
-    assert out.exit_code == 1  # one image failed; the others are scored and mapped
-    rows = [line for line in out.stdout.splitlines() if line]
-    assert rows[0].startswith("path,score") and len(rows) == 4
-    written = sorted(p.name for p in (tmp_path / "maps").iterdir())
-    assert written == ["same-2.map.png", "same.map.png"]
-    assert Image.open(tmp_path / "maps" / "same.map.png").format == "PNG"
-    assert "wrote 2 quality map(s)" in out.stderr

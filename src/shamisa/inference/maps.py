@@ -3,7 +3,7 @@
 Usage::
 
     import shamisa
-    from shamisa.quality_maps import quality_map, save_overlay
+    from shamisa.inference.maps import quality_map, save_overlay
 
     model = shamisa.load("default")
     qm = quality_map(model, "photo.jpg")          # also model.quality_map("photo.jpg")
@@ -193,7 +193,7 @@ def upsample_grid(
 
 def _load_one(item: Any, index: int, max_side: int) -> tuple[torch.Tensor, str, int, int]:
     """Any accepted input -> ((3, H, W) in [0, 1], name, original width, original height)."""
-    from shamisa.scorer import _as_image_tensor, _peek, display_path, load_image_for_scoring
+    from shamisa.inference.preprocess import _peek, as_image_tensor, display_path, load_image_for_scoring
 
     if isinstance(item, (str, os.PathLike)):
         name = display_path(item)
@@ -212,7 +212,7 @@ def _load_one(item: Any, index: int, max_side: int) -> tuple[torch.Tensor, str, 
         return x, name, w, h
     name = f"image {index}"
     try:
-        x = _as_image_tensor(item)
+        x = as_image_tensor(item)
     except (ValueError, TypeError) as e:
         raise ImageLoadError(name, str(e)) from None
     from shamisa.images import MIN_SIDE
@@ -260,7 +260,7 @@ def quality_maps(
     """Quality maps of several images, their patches scored in shared encoder batches.
 
     Args:
-        model: a :class:`shamisa.scorer.QualityModel`.
+        model: a :class:`shamisa.inference.quality_model.QualityModel`.
         images: paths, PIL images, numpy arrays (H, W[, C]), tensors (3, H, W) / (N, 3, H, W) in [0, 1],
             or a list of these.
         patch: patch side in pixels (default: the model's crop size).
@@ -285,7 +285,7 @@ def quality_maps(
     if isinstance(batch_size, bool) or int(batch_size) < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     from shamisa.images import resize
-    from shamisa.scorer import MAX_ASPECT, prepare_image
+    from shamisa.inference.preprocess import MAX_ASPECT, prepare_image
 
     items = _split_inputs(images)
     metas: list[dict[str, Any]] = []
