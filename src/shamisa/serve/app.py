@@ -151,7 +151,7 @@ class Guard:
             self.admission.leave()
 
 
-# ---------------------------------------------------------------------------------------- helpers
+# ---------------------------------------------------------------------------------------- shared parts
 
 
 def _safe_name(name: str | None, index: int) -> str:
@@ -303,7 +303,7 @@ def create_app(
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         return _error(500, "internal error", f"unexpected {type(exc).__name__}; the server goes on")
 
-    # ------------------------------------------------------------------ helpers bound to this app
+    # ------------------------------------------------------------------ functions bound to this app
     async def run(fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
