@@ -31,8 +31,9 @@ ALLOWED: dict[str, set[str]] = {
     "finetuning": {"objectives", "models", "datasets", "evaluation"},
     "evaluation": {"configs", "models", "datasets", "training", "finetuning"},
     "inference": {"models", "datasets", "evaluation"},
+    "serve": {"inference"},
     "cli": {"configs", "distortions", "objectives", "models", "datasets", "training", "finetuning", "evaluation",
-            "inference", "cli"},
+            "inference", "serve", "cli"},
     "__main__": {"cli"},
 }
 """Which packages each package may import, besides itself and the base modules. A lower package

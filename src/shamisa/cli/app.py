@@ -20,6 +20,7 @@ from shamisa.cli import (
     finetune_cmd,
     pretrain_cmd,
     score_cmd,
+    serve_cmd,
 )
 from shamisa.cli.exit_codes import EXIT_INTERRUPTED, EXIT_UNEXPECTED, EXIT_USER_ERROR
 
@@ -45,7 +46,7 @@ def _root(
     """Self-supervised no-reference image quality assessment (SHAMISA, LML-IQA)."""
 
 
-for _module in (score_cmd, evaluate_cmd, distort_cmd, pretrain_cmd, finetune_cmd, compare_cmd):
+for _module in (score_cmd, evaluate_cmd, distort_cmd, pretrain_cmd, finetune_cmd, compare_cmd, serve_cmd):
     _module.register(app)
 
 

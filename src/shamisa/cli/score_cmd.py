@@ -109,15 +109,7 @@ def expand_inputs(args: list[str], recursive: bool, stdin: io.TextIOBase | None 
 
 
 def _record_dict(rec: Any) -> dict[str, Any]:
-    return {
-        "path": rec.path,
-        "score": None if rec.score is None else round(rec.score, 6),
-        "raw": None if rec.raw is None else round(rec.raw, 6),
-        "width": rec.width,
-        "height": rec.height,
-        "flags": list(rec.flags),
-        "error": rec.error,
-    }
+    return rec.to_dict()  # one definition of the row, shared with the server's API
 
 
 class _Writer:
@@ -235,6 +227,10 @@ def score_command(
     ),
     max_side: int = typer.Option(2048, "--max-side", min=64, help="Downscale images whose longer side is larger."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary (failures are still listed)."),
+    map_dir: Path | None = typer.Option(
+        None, "--map", help="Also write each scored image's quality map (overlay PNG with a colour bar) into this folder.",
+        show_default=False,
+    ),
 ) -> None:
     """Score image quality: one row per image, score in [0, 1] (higher is better) and the raw score.
 
@@ -247,6 +243,7 @@ def score_command(
         code = _run_score(ScoreArgs(
             paths=tuple(paths), recursive=recursive, model=model, batch_size=batch_size, device=device, fmt=fmt,
             output=output, fail_fast=fail_fast, workers=workers, max_side=max_side, quiet=quiet, precision=precision,
+            map_dir=map_dir,
         ))
     except ShamisaError as e:
         raise user_error(str(e)) from None
@@ -281,6 +278,7 @@ class ScoreArgs:
     max_side: int = 2048
     quiet: bool = False
     precision: str = "fp32"
+    map_dir: Path | None = None
 
 
 def _run_score(a: ScoreArgs) -> int:
@@ -301,6 +299,11 @@ def _run_score(a: ScoreArgs) -> int:
         if not cpu_has_native_bf16():
             print("warning: this CPU has no native bfloat16 instructions; --precision bf16 will be slower than fp32",
                   file=sys.stderr)
+    maps = None
+    if a.map_dir is not None:
+        from shamisa.inference.maps import OverlayWriter
+
+        maps = OverlayWriter(model, a.map_dir)
     items: Any = expand_inputs(list(a.paths), a.recursive)
     total: int | None = None
     if "-" not in a.paths:
@@ -323,6 +326,8 @@ def _run_score(a: ScoreArgs) -> int:
                     progress.advance(task)
                     if rec.ok:
                         n_ok += 1
+                        if maps is not None:
+                            maps.write(rec.path)
                     else:
                         failures.append(rec)
                         if a.fail_fast:
@@ -332,6 +337,8 @@ def _run_score(a: ScoreArgs) -> int:
         if n_ok + len(failures) == 0:
             raise user_error("no images to score")
         summary = _print_summary(n_ok, failures, time.perf_counter() - t0, a.quiet)
+        if maps is not None and not a.quiet:
+            err(f"wrote {len(maps.written)} quality map(s) to {a.map_dir}")
         if a.fail_fast and failures:
             err("stopped at the first failure (--fail-fast)")
         writer.close(summary)

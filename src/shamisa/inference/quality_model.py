@@ -93,6 +93,19 @@ class ScoreRecord:
     def ok(self) -> bool:
         return self.error is None
 
+    def to_dict(self) -> dict[str, Any]:
+        """The row of ``shamisa score`` (json / jsonl / csv) and of the server's API: ``path``, ``score``,
+        ``raw`` (rounded to 6 decimals), ``width``, ``height``, ``flags`` (a list) and ``error``."""
+        return {
+            "path": self.path,
+            "score": None if self.score is None else round(self.score, 6),
+            "raw": None if self.raw is None else round(self.raw, 6),
+            "width": self.width,
+            "height": self.height,
+            "flags": list(self.flags),
+            "error": self.error,
+        }
+
 
 class QualityModel(nn.Module):
     """A frozen encoder + ridge head that scores images (see the module docstring for the recipe).
@@ -266,6 +279,14 @@ class QualityModel(nn.Module):
         if single:
             return ScoreResult(float(scores[0]), float(raws[0])) if return_raw else float(scores[0])
         return ScoreResult(scores, raws) if return_raw else scores
+
+    def quality_map(self, image: Any, *, patch: int | None = None, stride: int | None = None) -> Any:
+        """Where quality drops: the score of each ``patch`` x ``patch`` patch every ``stride`` pixels
+        (defaults: the crop size and half of it), as a :class:`shamisa.inference.maps.QualityMap` whose
+        ``map`` is an (H, W) float32 array aligned with the image. See :mod:`shamisa.inference.maps`."""
+        from shamisa.inference.maps import quality_map
+
+        return quality_map(self, image, patch=patch, stride=stride)
 
     def score_paths(
         self,
