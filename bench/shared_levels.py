@@ -36,7 +36,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from shamisa.distortions import apply_distortion, apply_levels, sample_views
-    from shamisa.distortions.codecs import set_jpeg2000_impl
     from shamisa.distortions.functional import SHARED_STAGES
     from shamisa.distortions.levels import LEVELS
     from shamisa.distortions.memory import keep_heap
@@ -50,7 +49,6 @@ def main(argv: list[str] | None = None) -> int:
     if not paths:
         print(f"error: no images in {args.images}", file=sys.stderr)
         return 1
-    set_jpeg2000_impl(args.jpeg2000)
     keep_heap()
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
@@ -58,13 +56,15 @@ def main(argv: list[str] | None = None) -> int:
     views = torch.stack([v[0] for v in pairs] + [v[1] for v in pairs])
     b = views.shape[0]
     rows = []
-    for name in SHARED_STAGES:
+    names = list(SHARED_STAGES) + (["jpeg2000"] if args.jpeg2000 == "approx" else [])  # the codec has none
+    for name in names:
         values = torch.tensor(LEVELS[name], dtype=torch.float64)
         seeds = torch.arange(30, dtype=torch.int64) + 1000
 
-        shared = functools.partial(apply_levels, views, name, values, seeds=seeds)
+        shared = functools.partial(apply_levels, views, name, values, seeds=seeds, jpeg2000_impl=args.jpeg2000)
         repeated = functools.partial(
-            apply_distortion, views.repeat(5, 1, 1, 1), name, values.repeat_interleave(b), seeds=seeds
+            apply_distortion, views.repeat(5, 1, 1, 1), name, values.repeat_interleave(b), seeds=seeds,
+            jpeg2000_impl=args.jpeg2000,
         )
         a, r = shared(), repeated()  # warm-up, and the check
         diff = (a - r).abs()

@@ -58,6 +58,30 @@ def test_cli_single_distortion(png, tmp_path):
     assert torch.equal(load_image(out2), load_image(out3))
 
 
+def test_cli_jpeg2000_option(png, tmp_path):
+    """``--jpeg2000 approx`` writes the wavelet approximation, the default the real codec, and the option
+    changes nothing for the process afterwards (the next call without it is the codec again)."""
+    from shamisa.distortions.codecs import has_jpeg2000, jpeg2000_pillow
+    from shamisa.distortions.wavelet_codec import jpeg2000_approx
+    from shamisa.images import load_image
+
+    if not has_jpeg2000():
+        pytest.skip("Pillow without OpenJPEG")
+    x = load_image(png)[None]
+    v = torch.tensor([120.0], dtype=torch.float64)
+    outs = {}
+    for label, extra in (("approx", ["--jpeg2000", "approx"]), ("default", [])):
+        out = tmp_path / f"{label}.png"
+        res = _run(["distort", str(png), "--type", "jpeg2000", "--value", "120", "-o", str(out), *extra])
+        assert res.exit_code == 0, res.output
+        outs[label] = load_image(out)[None]
+    # saved as 8-bit PNG: compare with the references rounded to 8 bits
+    q = lambda t: (t.clamp(0, 1) * 255).round() / 255  # noqa: E731
+    torch.testing.assert_close(outs["approx"], q(jpeg2000_approx(x, v.float())), atol=1 / 255 + 1e-6, rtol=0)
+    torch.testing.assert_close(outs["default"], q(jpeg2000_pillow(x, v)), atol=1 / 255 + 1e-6, rtol=0)
+    assert not torch.equal(outs["approx"], outs["default"])
+
+
 def test_cli_error_messages(png, tmp_path, capsys):
     from shamisa.cli.app import main
 

@@ -98,20 +98,15 @@ def test_chunked_batches_equal_one_call(name, monkeypatch):
     """On the CPU a batch is processed in chunks of CHUNK_SIZE images: the result is that of one call on the
     whole batch."""
     from shamisa.distortions import registry
-    from shamisa.distortions.codecs import set_jpeg2000_impl
 
-    monkeypatch.delenv("SHAMISA_JPEG2000", raising=False)
-    set_jpeg2000_impl("approx")
-    try:
-        x = torch.rand(7, 3, 40, 36, generator=torch.Generator().manual_seed(5))
-        v = torch.tensor([LEVELS[name][i % 5] for i in range(7)], dtype=torch.float64)
-        seeds = torch.arange(100, 107)
-        monkeypatch.setattr(registry, "CHUNK_SIZE", 64)
-        whole = apply_distortion(x, name, v, seeds=seeds)
-        monkeypatch.setattr(registry, "CHUNK_SIZE", 3)
-        torch.testing.assert_close(apply_distortion(x, name, v, seeds=seeds), whole, atol=2e-5, rtol=0)
-    finally:
-        set_jpeg2000_impl("openjpeg")
+    x = torch.rand(7, 3, 40, 36, generator=torch.Generator().manual_seed(5))
+    v = torch.tensor([LEVELS[name][i % 5] for i in range(7)], dtype=torch.float64)
+    seeds = torch.arange(100, 107)
+    monkeypatch.setattr(registry, "CHUNK_SIZE", 64)
+    whole = apply_distortion(x, name, v, seeds=seeds, jpeg2000_impl="approx")
+    monkeypatch.setattr(registry, "CHUNK_SIZE", 3)
+    chunked = apply_distortion(x, name, v, seeds=seeds, jpeg2000_impl="approx")
+    torch.testing.assert_close(chunked, whole, atol=2e-5, rtol=0)
 
 
 def _agree_up_to_rounding(a: torch.Tensor, b: torch.Tensor) -> None:
@@ -125,24 +120,18 @@ def _agree_up_to_rounding(a: torch.Tensor, b: torch.Tensor) -> None:
 @pytest.mark.parametrize(
     ("name", "jpeg2000"), [(n, "openjpeg") for n in DISTORTION_NAMES] + [("jpeg2000", "approx")]
 )
-def test_levels_of_shared_images_equal_the_repeated_batch(name, jpeg2000, batch, monkeypatch):
+def test_levels_of_shared_images_equal_the_repeated_batch(name, jpeg2000, batch):
     """apply_levels (the varying slot: image-only work done once) gives what apply_distortion gives on the
     batch repeated once per level, and draws the same seeds."""
     from shamisa.distortions import apply_levels
-    from shamisa.distortions.codecs import set_jpeg2000_impl
 
-    monkeypatch.delenv("SHAMISA_JPEG2000", raising=False)
-    set_jpeg2000_impl(jpeg2000)
-    try:
-        values = torch.tensor(LEVELS[name], dtype=torch.float64)
-        g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
-        levels = apply_levels(batch, name, values, g1)
-        repeated = apply_distortion(batch.repeat(5, 1, 1, 1), name, values.repeat_interleave(3), g2)
-        assert levels.shape == (15, 3, H, W) and levels.dtype == batch.dtype
-        _agree_up_to_rounding(levels, repeated)
-        assert torch.equal(torch.rand(4, generator=g1), torch.rand(4, generator=g2))
-    finally:
-        set_jpeg2000_impl("openjpeg")
+    values = torch.tensor(LEVELS[name], dtype=torch.float64)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    levels = apply_levels(batch, name, values, g1, jpeg2000_impl=jpeg2000)
+    repeated = apply_distortion(batch.repeat(5, 1, 1, 1), name, values.repeat_interleave(3), g2, jpeg2000_impl=jpeg2000)
+    assert levels.shape == (15, 3, H, W) and levels.dtype == batch.dtype
+    _agree_up_to_rounding(levels, repeated)
+    assert torch.equal(torch.rand(4, generator=g1), torch.rand(4, generator=g2))
 
 
 @pytest.mark.parametrize("name", ["colorsat2", "jitter", "gaublur"])

@@ -14,7 +14,7 @@ from PIL import Image
 
 from shamisa.distortions import apply_distortion
 from shamisa.distortions import wavelet_codec as wc
-from shamisa.distortions.codecs import has_jpeg2000, jpeg2000_impl, jpeg2000_pillow, set_jpeg2000_impl
+from shamisa.distortions.codecs import has_jpeg2000, jpeg2000_pillow
 from shamisa.distortions.levels import LEVELS
 from shamisa.distortions.wavelet_codec import (
     dwt2,
@@ -159,23 +159,54 @@ def test_close_to_the_real_codec_on_photos(side: int) -> None:
         assert abs(float(approx.mean() - real.mean())) < 1.5, (side, r, float(real.mean()), float(approx.mean()))
 
 
-def test_the_distortion_uses_the_chosen_implementation(monkeypatch) -> None:
-    monkeypatch.delenv("SHAMISA_JPEG2000", raising=False)
-    assert jpeg2000_impl() == "openjpeg"
+def test_the_distortion_uses_the_chosen_implementation() -> None:
+    """``jpeg2000_impl`` picks the function; the default is the real codec; an unknown name is refused."""
     x = photo_crops(64)[:2]
     v = torch.tensor([45.0, 45.0])
     g = torch.Generator().manual_seed(0)
-    set_jpeg2000_impl("approx")
-    assert jpeg2000_impl() == "approx"
-    assert torch.equal(apply_distortion(x, "jpeg2000", v, g), jpeg2000_approx(x, v))
-    set_jpeg2000_impl("openjpeg")
+    assert torch.equal(apply_distortion(x, "jpeg2000", v, g, jpeg2000_impl="approx"), jpeg2000_approx(x, v))
     if has_jpeg2000():
+        assert torch.equal(apply_distortion(x, "jpeg2000", v, g, jpeg2000_impl="openjpeg"), jpeg2000_pillow(x, v))
         assert torch.equal(apply_distortion(x, "jpeg2000", v, g), jpeg2000_pillow(x, v))
     with pytest.raises(ValueError, match="unknown jpeg2000"):
-        set_jpeg2000_impl("fast")
-    monkeypatch.setenv("SHAMISA_JPEG2000", "nope")
-    with pytest.raises(ValueError, match="SHAMISA_JPEG2000"):
-        jpeg2000_impl()
+        apply_distortion(x, "jpeg2000", v, g, jpeg2000_impl="fast")
+    with pytest.raises(ValueError, match="unknown jpeg2000"):
+        apply_distortion(x, "gaublur", v, g, jpeg2000_impl="fast")  # refused whatever the type
+
+
+@pytest.mark.skipif(not has_jpeg2000(), reason="Pillow without OpenJPEG")
+def test_two_settings_in_one_process_differ_for_jpeg2000_only() -> None:
+    """Two engines with different ``jpeg2000_impl`` in one process, interleaved: ``jpeg2000`` differs between
+    them (each equals its own implementation), every other type gives identical outputs; structured batches
+    likewise differ only in the items whose chain holds ``jpeg2000``."""
+    from shamisa.distortions import DISTORTION_NAMES, apply_levels, build_structured_batch, sample_compositions
+
+    x = photo_crops(64)[:2]
+    for name in DISTORTION_NAMES:
+        v = torch.tensor(LEVELS[name][2:4], dtype=torch.float64)
+        a = apply_distortion(x, name, v, seeds=torch.tensor([7, 8]), jpeg2000_impl="openjpeg")
+        b = apply_distortion(x, name, v, seeds=torch.tensor([7, 8]), jpeg2000_impl="approx")
+        la = apply_levels(x, name, v, seeds=torch.arange(4), jpeg2000_impl="openjpeg")
+        lb = apply_levels(x, name, v, seeds=torch.arange(4), jpeg2000_impl="approx")
+        if name == "jpeg2000":
+            assert torch.equal(a, jpeg2000_pillow(x, v)) and torch.equal(b, jpeg2000_approx(x, v))
+            assert not torch.equal(a, b) and not torch.equal(la, lb)
+        else:
+            assert torch.equal(a, b) and torch.equal(la, lb), name
+    j2k = DISTORTION_NAMES.index("jpeg2000")
+    with_j2k = without = 0
+    for seed in range(40):
+        comps = sample_compositions(2, generator=torch.Generator().manual_seed(seed), max_distortions=4)
+        sa = build_structured_batch(x[:1], x[1:], comps, torch.Generator().manual_seed(1), jpeg2000_impl="openjpeg")
+        sb = build_structured_batch(x[:1], x[1:], comps, torch.Generator().manual_seed(1), jpeg2000_impl="approx")
+        for f in range(comps.n_comps):
+            if (comps.type_ids[f, : int(comps.n_dist[f])] == j2k).any():
+                assert not torch.equal(sa.dist[:, f], sb.dist[:, f])
+                with_j2k += 1
+            else:
+                assert torch.equal(sa.dist[:, f], sb.dist[:, f])
+                without += 1
+    assert with_j2k >= 2 and without >= 2
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

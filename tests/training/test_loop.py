@@ -324,13 +324,30 @@ def test_encoder_freeze_steps_train_only_the_projector_first(tmp_path) -> None:
 
 
 def test_pretrain_with_the_jpeg2000_approximation(tmp_path, monkeypatch) -> None:
+    """jpeg2000_impl=approx reaches every structured batch pretrain() builds, and pretrain() leaves the
+    process as it was: no environment variable set, the engine's default still the real codec."""
+    from shamisa.distortions import apply_distortion, builder
+    from shamisa.distortions.codecs import has_jpeg2000, jpeg2000_pillow
     from shamisa.training import pretrain
 
-    monkeypatch.setenv("SHAMISA_JPEG2000", "openjpeg")  # restored after the test
+    seen: list[str] = []
+    real_build = builder.build_structured_batch
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("jpeg2000_impl", "openjpeg"))
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(builder, "build_structured_batch", spy)
+    env_before = dict(os.environ)
     cfg = tiny_cfg(tmp_path, "run", "max_steps=1", "jpeg2000_impl=approx")
     run = pretrain(cfg)
     assert json.loads((run / "ckpt" / "last.json").read_text())["config"]["jpeg2000_impl"] == "approx"
-    assert os.environ["SHAMISA_JPEG2000"] == "approx"  # seen by data workers
+    assert seen and set(seen) == {"approx"}
+    assert dict(os.environ) == env_before
+    if has_jpeg2000():
+        x = torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(0))
+        v = torch.tensor([45.0, 120.0])
+        assert torch.equal(apply_distortion(x, "jpeg2000", v, torch.Generator()), jpeg2000_pillow(x, v))
     with pytest.raises(ConfigError, match="jpeg2000_impl"):
         tiny_cfg(tmp_path, "run2", "jpeg2000_impl=fast")
 

@@ -22,7 +22,7 @@ SHEET_LABEL_H = 14
 SHEET_ROW_LABEL_W = 150
 
 
-def _contact_sheet(image: Any, cell: int, seed: int) -> Any:
+def _contact_sheet(image: Any, cell: int, seed: int, jpeg2000_impl: str = "openjpeg") -> Any:
     """A PIL image: one row per type, its 5 levels as columns, labelled with type, group and values."""
     import numpy as np
     import torch
@@ -48,7 +48,9 @@ def _contact_sheet(image: Any, cell: int, seed: int) -> Any:
         y0 = SHEET_LABEL_H + r * (cell + SHEET_LABEL_H)
         values = torch.tensor(spec.levels, dtype=torch.float64)
         # one seed for the whole row: stochastic types show the same draws at growing severity
-        out = apply_distortion(batch, name, values, seeds=torch.full((cols,), seed + r, dtype=torch.int64))
+        out = apply_distortion(
+            batch, name, values, seeds=torch.full((cols,), seed + r, dtype=torch.int64), jpeg2000_impl=jpeg2000_impl
+        )
         draw.text((4, y0 + SHEET_LABEL_H + cell // 2 - 12), name, fill=(0, 0, 0), font=font)
         draw.text((4, y0 + SHEET_LABEL_H + cell // 2 + 2), spec.group, fill=(90, 90, 90), font=font)
         for c in range(cols):
@@ -116,12 +118,11 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Apply one distortion to an image, draw a contact sheet of every type, or list the types."""
-        from shamisa.distortions.codecs import JPEG2000_IMPLS, set_jpeg2000_impl
+        from shamisa.distortions.codecs import JPEG2000_IMPLS
         from shamisa.errors import ConfigError
 
         if jpeg2000 not in JPEG2000_IMPLS:
             raise ConfigError(f"--jpeg2000 must be one of {', '.join(JPEG2000_IMPLS)}, not {jpeg2000!r}")
-        set_jpeg2000_impl(jpeg2000)
 
         if list_:
             _list_types(as_json)
@@ -141,7 +142,7 @@ def register(app: typer.Typer) -> None:
                 raise ConfigError("--sheet draws every type; do not combine it with --type / -o")
             _pil_format(sheet)
             img = load_image(image)
-            pil = _contact_sheet(img, cell, seed)
+            pil = _contact_sheet(img, cell, seed, jpeg2000)
             fmt = _pil_format(sheet)
             with atomic_path(sheet) as tmp:
                 pil.save(tmp, format=fmt)
@@ -166,18 +167,18 @@ def register(app: typer.Typer) -> None:
             s2 = None
         _pil_format(output)
         img = load_image(image)
-        out = _apply(img, spec.name, v, seed)
+        out = _apply(img, spec.name, v, seed, jpeg2000)
         save_image(out, output)
         detail = f"severity {float(s2):.4g}, " if s2 is not None else ""
         print(f"{output}: {spec.name} ({detail}{spec.parameter} = {float(v):.6g})", file=sys.stderr)
 
 
-def _apply(img: Any, name: str, v: Any, seed: int) -> Any:
+def _apply(img: Any, name: str, v: Any, seed: int, jpeg2000_impl: str) -> Any:
     import torch
 
     from shamisa.distortions import apply_distortion
 
-    return apply_distortion(img[None], name, v, torch.Generator().manual_seed(seed))[0]
+    return apply_distortion(img[None], name, v, torch.Generator().manual_seed(seed), jpeg2000_impl=jpeg2000_impl)[0]
 
 
 def _pil_format(path: Path) -> str:

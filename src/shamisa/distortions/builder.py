@@ -30,6 +30,7 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 
+from shamisa.distortions.codecs import DEFAULT_JPEG2000_IMPL
 from shamisa.distortions.levels import DISTORTION_NAMES
 from shamisa.distortions.memory import keep_heap
 from shamisa.distortions.registry import apply_distortion, apply_levels, draw_seeds, get_spec, level_sources
@@ -105,15 +106,20 @@ def sample_views(image: torch.Tensor, patch: int, generator: torch.Generator) ->
 
 
 def _apply_chain(
-    x: torch.Tensor, slots: list[tuple[str, torch.Tensor]], generator: torch.Generator
+    x: torch.Tensor, slots: list[tuple[str, torch.Tensor]], generator: torch.Generator, jpeg2000_impl: str
 ) -> torch.Tensor:
     for name, vals in slots:
-        x = apply_distortion(x, name, vals, generator)
+        x = apply_distortion(x, name, vals, generator, jpeg2000_impl=jpeg2000_impl)
     return x
 
 
 def build_structured_batch(
-    full: torch.Tensor, half: torch.Tensor, comps: Compositions, generator: torch.Generator
+    full: torch.Tensor,
+    half: torch.Tensor,
+    comps: Compositions,
+    generator: torch.Generator,
+    *,
+    jpeg2000_impl: str = DEFAULT_JPEG2000_IMPL,
 ) -> StructuredBatch:
     """Apply every composition at every level to every view.
 
@@ -122,6 +128,8 @@ def build_structured_batch(
         half: (R, 3, P, P) half-scale crops.
         comps: F compositions with L levels (shared by all references and both scales).
         generator: CPU generator for the stochastic distortions.
+        jpeg2000_impl: how the ``jpeg2000`` type is computed (``"openjpeg"``, the real codec, or ``"approx"``;
+            see :func:`~shamisa.distortions.apply_distortion`).
 
     Returns:
         :class:`StructuredBatch` with ``dist`` (2R, F, L, 3, P, P) on the device of ``full``.
@@ -142,13 +150,13 @@ def build_structured_batch(
         names = [DISTORTION_NAMES[int(t)] for t in comps.type_ids[f, :n]]
         vals = comps.values[f]  # (L, S)
         prefix = [(names[j], vals[0, j].expand(v)) for j in range(vs)]
-        x = _apply_chain(views, prefix, generator)
+        x = _apply_chain(views, prefix, generator, jpeg2000_impl)
         # the last slot of the chain writes straight into the item's output (no copy of the result)
         dst = dist[:, f].transpose(0, 1)  # (L, 2R, 3, P, P) view
         # the varying slot on the shared prefix (its level-independent work once), into the item's output: the
         # result when it is the last slot, else the suffix's input, which the suffix overwrites level by level
         # (no image-sized temporary for all levels)
-        apply_levels(x, names[vs], vals[:, vs], generator, out=dst)
+        apply_levels(x, names[vs], vals[:, vs], generator, out=dst, jpeg2000_impl=jpeg2000_impl)
         if vs == n - 1:
             continue
         # the suffix level by level, so that a level's images stay in the cache through the whole chain; the
@@ -166,7 +174,9 @@ def build_structured_batch(
             y = dst[lev]
             for j, (name, lv, seeds) in enumerate(rest):
                 last = dst[lev] if j == len(rest) - 1 else None
-                y = apply_distortion(y, name, lv[lev].expand(v), seeds=seeds[lev * v : (lev + 1) * v], out=last)
+                y = apply_distortion(
+                    y, name, lv[lev].expand(v), seeds=seeds[lev * v : (lev + 1) * v], out=last, jpeg2000_impl=jpeg2000_impl
+                )
     return StructuredBatch(
         dist=dist,
         refs=views,

@@ -27,29 +27,22 @@ J2K_MCT = True
 
 
 #: Implementations of the ``jpeg2000`` distortion: the real codec (default) or the labelled wavelet
-#: approximation of :mod:`shamisa.distortions.wavelet_codec` (batched, runs on the tensors' device).
+#: approximation of :mod:`shamisa.distortions.wavelet_codec` (batched, runs on the tensors' device). The
+#: engine takes the choice as an explicit ``jpeg2000_impl`` argument (``apply_distortion``, ``apply_levels``,
+#: ``build_structured_batch``, ``PristineDataset``); there is no process-wide setting.
 JPEG2000_IMPLS = ("openjpeg", "approx")
-_JPEG2000_ENV = "SHAMISA_JPEG2000"
+DEFAULT_JPEG2000_IMPL = "openjpeg"
 
 
-def jpeg2000_impl() -> str:
-    """The ``jpeg2000`` implementation in use: :func:`set_jpeg2000_impl`'s choice, else the environment
-    variable ``SHAMISA_JPEG2000`` (inherited by data-worker processes), else ``"openjpeg"``."""
-    name = os.environ.get(_JPEG2000_ENV, "openjpeg")
-    if name not in JPEG2000_IMPLS:
-        raise ValueError(f"{_JPEG2000_ENV}={name!r}: choose one of {', '.join(JPEG2000_IMPLS)}")
-    return name
-
-
-def set_jpeg2000_impl(name: str) -> None:
-    """Choose the ``jpeg2000`` implementation for this process and the processes it starts.
+def check_jpeg2000_impl(name: str) -> str:
+    """``name`` if it is one of :data:`JPEG2000_IMPLS`; ValueError otherwise.
 
     ``"openjpeg"`` is the real codec; ``"approx"`` the wavelet approximation (an option for speed, e.g. to
     keep synthesis on a GPU: its outputs differ from the real codec's, see ``bench/jpeg2000_approx.py``).
     """
     if name not in JPEG2000_IMPLS:
         raise ValueError(f"unknown jpeg2000 implementation {name!r}; choose one of {', '.join(JPEG2000_IMPLS)}")
-    os.environ[_JPEG2000_ENV] = name
+    return name
 
 
 def thread_pool() -> ThreadPoolExecutor:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from shamisa.distortions.codecs import jpeg2000_impl, jpeg2000_pillow, jpeg_pillow, thread_pool
+from shamisa.distortions.codecs import jpeg2000_pillow, jpeg_pillow, thread_pool
 from shamisa.distortions.colour_matrix import mix3, numpy_ok
 from shamisa.distortions.wavelet_codec import WaveletAnalysis, jpeg2000_analysis, jpeg2000_synthesis
 
@@ -666,21 +666,18 @@ def _colorsat2_finish(lab: Tensor, x: Tensor, v: Tensor, seeds: Tensor | None = 
 
 
 def jpeg2000(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
-    """JPEG2000 at compression ratio ``v`` (rate mode): OpenJPEG, or the labelled wavelet approximation
-    when :func:`shamisa.distortions.codecs.set_jpeg2000_impl` chose ``"approx"``."""
-    return _jpeg2000_finish(_jpeg2000_prepare(x), x, v, seeds)
+    """JPEG2000 at compression ratio ``v`` (rate mode), the real codec (OpenJPEG). The labelled wavelet
+    approximation is :func:`jpeg2000_approx_type`, chosen with ``jpeg2000_impl="approx"``."""
+    return jpeg2000_pillow(x, v)
 
 
-def _jpeg2000_prepare(x: Tensor) -> WaveletAnalysis | None:
-    """The approximation's analysis of ``x`` (what does not depend on the ratio); None for the real codec."""
-    if jpeg2000_impl() == "approx":
-        return jpeg2000_analysis(x)
-    return None
+def jpeg2000_approx_type(x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
+    """The ``jpeg2000`` type's labelled approximation: the batched wavelet model of
+    :mod:`shamisa.distortions.wavelet_codec` at compression ratio ``v`` (not the codec)."""
+    return _jpeg2000_approx_finish(jpeg2000_analysis(x), x, v, seeds)
 
 
-def _jpeg2000_finish(state: WaveletAnalysis | None, x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
-    if state is None:
-        return jpeg2000_pillow(x, v)
+def _jpeg2000_approx_finish(state: WaveletAnalysis, x: Tensor, v: Tensor, seeds: Tensor | None = None) -> Tensor:
     return jpeg2000_synthesis(state, v)
 
 
@@ -971,7 +968,13 @@ SHARED_STAGES: dict[str, tuple[Callable[[Tensor], object], Callable[..., Tensor]
     "colordiff": (rgb_to_lab, _colordiff_finish),
     "colorshift": (_edge_weight, _colorshift_finish),
     "colorsat2": (rgb_to_lab, _colorsat2_finish),
-    "jpeg2000": (_jpeg2000_prepare, _jpeg2000_finish),
     "brighten": (rgb_to_lab, _brighten_finish),
     "highsharpen": (_highsharpen_prepare, _highsharpen_finish),
+}
+
+#: The ``jpeg2000`` type under each implementation of :data:`shamisa.distortions.codecs.JPEG2000_IMPLS`:
+#: ``impl: (fn, shared stages or None)``. The real codec has no image-only stage to share.
+JPEG2000_TYPES: dict[str, tuple[Callable[..., Tensor], tuple[Callable[[Tensor], object], Callable[..., Tensor]] | None]] = {
+    "openjpeg": (jpeg2000, None),
+    "approx": (jpeg2000_approx_type, (jpeg2000_analysis, _jpeg2000_approx_finish)),
 }

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from shamisa.distortions import functional as Fn
+from shamisa.distortions.codecs import DEFAULT_JPEG2000_IMPL, check_jpeg2000_impl
 from shamisa.distortions.levels import DISTORTION_NAMES, GROUP_OF, GROUPS, INT_TYPES_EXTENDED, LEVELS
 from shamisa.errors import ConfigError
 
@@ -132,6 +133,7 @@ def apply_distortion(
     *,
     seeds: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
+    jpeg2000_impl: str = DEFAULT_JPEG2000_IMPL,
 ) -> torch.Tensor:
     """Apply one distortion type to a batch, one parameter value per sample.
 
@@ -146,15 +148,18 @@ def apply_distortion(
         seeds: (B,) int64 seeds to use instead of drawing them from ``generator``.
         out: (B, 3, H, W) tensor (any strides, ``x``'s dtype and device) to write the result into, e.g. a
             slice of a larger batch; returned.
+        jpeg2000_impl: how the ``jpeg2000`` type is computed: ``"openjpeg"`` (default, the real codec) or
+            ``"approx"`` (the labelled wavelet approximation); other types ignore it.
 
     Returns:
         (B, 3, H, W) clamped to [0, 1], same dtype and device as ``x``.
 
     Raises:
         UnknownDistortionError: unknown type name.
-        ValueError: bad shapes.
+        ValueError: bad shapes, or an unknown ``jpeg2000_impl``.
     """
     spec = get_spec(name)
+    fn = type_function(spec, jpeg2000_impl)
     b = _check_images(x)
     v = torch.as_tensor(values, dtype=torch.float64)
     if v.ndim == 0:
@@ -168,13 +173,31 @@ def apply_distortion(
         return x.clone() if out is None else out
     xf, chunk = _working_copy(x)
     if b <= chunk and out is None:
-        y = spec.fn(xf, v, seeds)
+        y = fn(xf, v, seeds)
         return y.clamp_(0.0, 1.0).to(x.dtype) if y is not xf else y.clamp(0.0, 1.0).to(x.dtype)
     if out is None:
         out = torch.empty_like(x)
     for i in range(0, b, chunk):
-        _clamp_into(spec.fn(xf[i : i + chunk], v[i : i + chunk], seeds[i : i + chunk]), out[i : i + chunk])
+        _clamp_into(fn(xf[i : i + chunk], v[i : i + chunk], seeds[i : i + chunk]), out[i : i + chunk])
     return out
+
+
+def type_function(spec: DistortionSpec, jpeg2000_impl: str = DEFAULT_JPEG2000_IMPL) -> DistortionFn:
+    """The batched function that computes ``spec``'s type: ``spec.fn``, except for ``jpeg2000``, whose function
+    is the one of ``jpeg2000_impl`` (:data:`shamisa.distortions.functional.JPEG2000_TYPES`)."""
+    check_jpeg2000_impl(jpeg2000_impl)
+    if spec.name == "jpeg2000" and jpeg2000_impl != DEFAULT_JPEG2000_IMPL:
+        return Fn.JPEG2000_TYPES[jpeg2000_impl][0]
+    return spec.fn
+
+
+def shared_stages(name: str, jpeg2000_impl: str = DEFAULT_JPEG2000_IMPL) -> tuple[Callable, Callable] | None:
+    """``(prepare, finish)`` of type ``name`` (:data:`shamisa.distortions.functional.SHARED_STAGES`; for
+    ``jpeg2000``, those of ``jpeg2000_impl``), or None when it has no image-only stage to share."""
+    check_jpeg2000_impl(jpeg2000_impl)
+    if name == "jpeg2000":
+        return Fn.JPEG2000_TYPES[jpeg2000_impl][1]
+    return Fn.SHARED_STAGES.get(name)
 
 
 def _check_images(x: torch.Tensor) -> int:
@@ -237,12 +260,13 @@ def apply_levels(
     *,
     seeds: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
+    jpeg2000_impl: str = DEFAULT_JPEG2000_IMPL,
 ) -> torch.Tensor:
     """Apply one type to the same images at several values: the varying slot of a structured batch.
 
     Equal to ``apply_distortion(x.repeat(L, 1, 1, 1), name, values.repeat_interleave(B), generator)`` (the
     same ``L * B`` seeds are drawn, level-major), but for the types in
-    :data:`shamisa.distortions.functional.SHARED_STAGES` the part of the work that depends on the image only
+    :func:`shared_stages` the part of the work that depends on the image only
     (the Lab conversion of the Lab-based types, colorshift's edge map, the JPEG2000 approximation's wavelet
     analysis) is done once per image instead of once per level; the other types are applied level by level.
     A deterministic type's level that repeats an earlier level's value is copied from it
@@ -256,6 +280,7 @@ def apply_levels(
         seeds: (L * B,) seeds to use instead (level-major).
         out: (L, B, 3, H, W) tensor (any strides, ``x``'s dtype and device) to write the result into; returned
             in that shape.
+        jpeg2000_impl: as for :func:`apply_distortion`.
 
     Returns:
         (L * B, 3, H, W), level-major (row ``l * B + i`` is image ``i`` at ``values[l]``), clamped to [0, 1];
@@ -270,13 +295,15 @@ def apply_levels(
     dst = torch.empty((n_l, *x.shape), dtype=x.dtype, device=x.device) if out is None else out
     result = dst.view(n_l * b, *x.shape[1:]) if out is None else out
     source = level_sources(name, vals)
-    stages = Fn.SHARED_STAGES.get(spec.name)
+    stages = shared_stages(spec.name, jpeg2000_impl)
     if stages is None or b == 0 or n_l == 0:  # level by level: one value per call, no repeated copy of x
         for lev, src in enumerate(source):
             if src != lev:
                 dst[lev].copy_(dst[src])
                 continue
-            apply_distortion(x, name, vals[lev].expand(b), seeds=seeds[lev * b : (lev + 1) * b], out=dst[lev])
+            apply_distortion(
+                x, name, vals[lev].expand(b), seeds=seeds[lev * b : (lev + 1) * b], out=dst[lev], jpeg2000_impl=jpeg2000_impl
+            )
         return result
     prepare, finish = stages
     seeds = seeds.view(n_l, b)

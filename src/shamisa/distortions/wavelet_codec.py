@@ -21,7 +21,7 @@ to an image with tensor operations only, so it runs batched on the CPU or the GP
 It is an approximation: the real codec's bit-plane coder, code-blocks and rate-distortion optimisation are
 not modelled, so per-image errors differ (ringing and blur appear at the same ratios, with similar PSNR on
 average; the test and the benchmark measure how close). It is therefore a labelled option,
-``jpeg2000_impl="approx"`` (see :func:`shamisa.distortions.codecs.set_jpeg2000_impl`), never the default.
+``jpeg2000_impl="approx"`` (an argument of :func:`shamisa.distortions.apply_distortion` and the engine), never the default.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from shamisa.distortions import builder, sample_compositions
+from shamisa.distortions.codecs import DEFAULT_JPEG2000_IMPL, check_jpeg2000_impl
 from shamisa.errors import DatasetError, ImageLoadError
 from shamisa.images import IMAGE_EXTENSIONS, load_image
 
@@ -107,6 +108,9 @@ class PristineDataset(torch.utils.data.Dataset):
         seed: base seed; item (epoch, i) uses :func:`item_seed`.
         device: where distortions are synthesised. ``"cpu"`` (default, also inside DataLoader workers)
             or an accelerator, in which case crops are moved there before distortion (main process only).
+        jpeg2000_impl: how the ``jpeg2000`` type is computed: ``"openjpeg"`` (default, the real codec) or
+            ``"approx"`` (the labelled wavelet approximation). An attribute of the dataset, so DataLoader
+            workers get it with the dataset (no process-wide setting).
 
     Attributes:
         paths: usable image files. ``skipped``: ``(path, reason)`` of files left out.
@@ -125,7 +129,9 @@ class PristineDataset(torch.utils.data.Dataset):
         severity_dist: str = "gaussian",
         seed: int = 0,
         device: str | torch.device = "cpu",
+        jpeg2000_impl: str = DEFAULT_JPEG2000_IMPL,
     ) -> None:
+        check_jpeg2000_impl(jpeg2000_impl)
         if not dirs:
             raise DatasetError("no image folders given (set data_dirs / --data)")
         candidates = find_images(dirs, exclude)
@@ -152,6 +158,7 @@ class PristineDataset(torch.utils.data.Dataset):
         self.severity_dist = severity_dist
         self.seed = seed
         self.device = torch.device(device)
+        self.jpeg2000_impl = jpeg2000_impl
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -204,7 +211,7 @@ class PristineDataset(torch.utils.data.Dataset):
         full_t, half_t = torch.stack(fulls), torch.stack(halves)
         if self.device.type != "cpu":  # synthesise on the accelerator; the random draws stay on the CPU
             full_t, half_t = full_t.to(self.device), half_t.to(self.device)
-        return builder.build_structured_batch(full_t, half_t, comps, g)
+        return builder.build_structured_batch(full_t, half_t, comps, g, jpeg2000_impl=self.jpeg2000_impl)
 
 
 class ItemSampler(torch.utils.data.Sampler):

@@ -37,7 +37,6 @@ from torch import nn
 from shamisa.configs import PretrainConfig, config_to_dict, start_weights_warning
 from shamisa.device import resolve_device
 from shamisa.distortions.builder import StructuredBatch
-from shamisa.distortions.codecs import set_jpeg2000_impl
 from shamisa.errors import ConfigError, TrainingError
 from shamisa.fileio import atomic_write_json
 from shamisa.training.checkpoint import restore_checkpoint, rng_state, save_checkpoint, seed_everything
@@ -82,7 +81,6 @@ def _pretrain(cfg: PretrainConfig, t_start: float) -> Path:
     if info.main:
         _start_run_folder(out_dir, cfg, resolved)
     seed_everything(cfg.seed)
-    set_jpeg2000_impl(cfg.jpeg2000_impl)  # also seen by data workers (environment)
     dataset = _dataset(cfg, device)
     plan = _Plan.of(len(dataset), cfg, info.world)
 
@@ -195,6 +193,7 @@ def _dataset(cfg: PretrainConfig, device: torch.device) -> PristineDataset:
         cfg.data_dirs, exclude=cfg.exclude_dirs, patch_size=cfg.patch_size, n_refs=cfg.n_refs,
         n_comps=cfg.n_comps, n_levels=cfg.n_levels, max_distortions=cfg.max_distortions,
         severity_dist=cfg.severity_dist, seed=cfg.seed, device=device if cfg.synth_on_device else "cpu",
+        jpeg2000_impl=cfg.jpeg2000_impl,
     )
 
 
