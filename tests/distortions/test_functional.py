@@ -145,13 +145,13 @@ def test_results_written_into_a_given_output(name, batch, monkeypatch):
     plain = apply_distortion(batch, name, values, seeds=seeds)
     for chunk in (8, 2):
         monkeypatch.setattr(registry, "CHUNK_SIZE", chunk)
-        big = torch.zeros(2, 3, 3, H, W)
+        big = torch.zeros(2, 3, 3, H, W, device=batch.device)
         got = apply_distortion(batch, name, values, seeds=seeds, out=big[1])
         assert got.data_ptr() == big[1].data_ptr() and torch.equal(big[1], plain) and (big[0] == 0).all()
     lv = torch.tensor(LEVELS[name][1:4], dtype=torch.float64)
     lseeds = torch.arange(9) + 100
     flat = apply_levels(batch, name, lv, seeds=lseeds)
-    item = torch.zeros(3, 2, 3, 3, H, W)  # (views, compositions, levels, ...) as a builder's output
+    item = torch.zeros(3, 2, 3, 3, H, W, device=batch.device)  # (views, compositions, levels, ...) as a builder's output
     dst = item[:, 1].transpose(0, 1)
     assert apply_levels(batch, name, lv, seeds=lseeds, out=dst) is dst
     assert torch.equal(dst, flat.view(3, 3, 3, H, W)) and (item[:, 0] == 0).all()
@@ -212,7 +212,7 @@ LARGEST = ("noneccpatch",)
 
 @settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 10_000))
-def test_change_is_non_decreasing_over_levels(seed):
+def test_change_is_non_decreasing_over_levels(seed, device):
     for name, spec in DISTORTIONS.items():
         if name == "colorshift":
             x = _step_image(H, W, seed)
@@ -222,6 +222,7 @@ def test_change_is_non_decreasing_over_levels(seed):
             x = natural_like_image(2 * H, 2 * W, seed=seed)
         else:
             x = natural_like_image(H, W, seed=seed)
+        x = x.to(device)
         xb = x[None].expand(5, -1, -1, -1).contiguous()
         y = apply_distortion(xb, name, torch.tensor(spec.levels), seeds=torch.full((5,), seed))
         ch = [_change(name, x, y[i]) for i in range(5)]
@@ -237,22 +238,22 @@ def test_zero_levels_are_identity(name, batch):
     torch.testing.assert_close(y, batch, atol=1e-6, rtol=0)
 
 
-def test_small_hand_computed_cases():
-    x = torch.tensor([0.0, 0.3, 0.5, 1.0]).view(1, 1, 1, 4).expand(1, 3, 1, 4).contiguous()
-    y = apply_distortion(x, "nonlincontrchange", torch.tensor([0.25]))  # [0, 1] -> [0.25, 0.75]
+def test_small_hand_computed_cases(device):
+    x = torch.tensor([0.0, 0.3, 0.5, 1.0], device=device).view(1, 1, 1, 4).expand(1, 3, 1, 4).contiguous()
+    y = apply_distortion(x, "nonlincontrchange", torch.tensor([0.25])).cpu()  # [0, 1] -> [0.25, 0.75]
     torch.testing.assert_close(y[0, 0, 0], torch.tensor([0.25, 0.4, 0.5, 0.75]))
-    y = apply_distortion(x, "darken", torch.tensor([0.5]))  # x - 2a x (1 - x)
+    y = apply_distortion(x, "darken", torch.tensor([0.5])).cpu()  # x - 2a x (1 - x)
     torch.testing.assert_close(y[0, 0, 0], torch.tensor([0.0, 0.09, 0.25, 1.0]))
-    y = apply_distortion(x, "quantization", torch.tensor([3.0]))
+    y = apply_distortion(x, "quantization", torch.tensor([3.0])).cpu()
     torch.testing.assert_close(y[0, 0, 0], torch.tensor([0.0, 0.5, 0.5, 1.0]))
-    y = apply_distortion(x, "meanshiftpos", torch.tensor([0.1]))
+    y = apply_distortion(x, "meanshiftpos", torch.tensor([0.1])).cpu()
     torch.testing.assert_close(y[0, 0, 0], torch.tensor([0.1, 0.4, 0.6, 1.0]))
-    grey = torch.full((1, 3, 8, 8), 0.4)  # saturation changes leave grey untouched
+    grey = torch.full((1, 3, 8, 8), 0.4, device=device)  # saturation changes leave grey untouched
     torch.testing.assert_close(apply_distortion(grey, "colorsat1", torch.tensor([-0.4])), grey)
 
 
-def test_blur_preserves_constant_images():
-    c = torch.full((2, 3, 20, 24), 0.3)
+def test_blur_preserves_constant_images(device):
+    c = torch.full((2, 3, 20, 24), 0.3, device=device)
     for name in ("gaublur", "lensblur", "motionblur", "highsharpen", "colordiff"):
         v = torch.tensor(LEVELS[name][3:5], dtype=torch.float64)
         torch.testing.assert_close(apply_distortion(c, name, v, torch.Generator().manual_seed(0)), c, atol=6e-3, rtol=0)
@@ -265,8 +266,8 @@ def test_jpeg_is_the_real_codec(batch):
     from PIL import Image
 
     y = apply_distortion(batch[:1], "jpeg", torch.tensor([24.0]))
-    arr = (batch[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    arr = (batch[0].permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="JPEG", quality=24)
     ref = torch.from_numpy(np.array(Image.open(buf).convert("RGB"))).permute(2, 0, 1).float() / 255
-    torch.testing.assert_close(y[0], ref)
+    torch.testing.assert_close(y[0].cpu(), ref)

@@ -49,8 +49,16 @@ def tiny(tmp_path_factory) -> tuple[Path, torch.nn.Module, RidgeHead]:
 
 
 @pytest.fixture(scope="module")
-def model(tiny) -> QualityModel:
-    return load(tiny[0], device="cpu")
+def _loaded() -> dict[str, QualityModel]:
+    return {}
+
+
+@pytest.fixture
+def model(tiny, _loaded, device) -> QualityModel:
+    """The tiny model loaded on the test's device (``--device``), once per device and module."""
+    if str(device) not in _loaded:
+        _loaded[str(device)] = load(tiny[0], device=str(device))
+    return _loaded[str(device)]
 
 
 def _png(tmp_path: Path, name: str, seed: int, h: int = 70, w: int = 90) -> Path:
@@ -72,7 +80,7 @@ def test_roundtrip_card_and_tensors(tiny, model):
     meta_card, enc_t, head_t = read_model_file(path)
     assert all(v.dtype == torch.float16 for v in enc_t.values() if v.is_floating_point())
     assert set(enc_t) == set(enc.backbone.state_dict())
-    np.testing.assert_allclose(model.coef.numpy(), head.coef.astype(np.float32), rtol=1e-6)
+    np.testing.assert_allclose(model.coef.cpu().numpy(), head.coef.astype(np.float32), rtol=1e-6)
     assert path.stat().st_size < 30e6
 
 

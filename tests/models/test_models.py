@@ -193,25 +193,31 @@ def test_lite_matches_reference_forward_with_explicit_padding(lite0_checkpoint):
 # --------------------------------------------------------------------------- encoder wrapper
 
 
+def _on(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``module`` on ``device`` (``--device``): itself on the CPU, else a copy (the fixtures are shared)."""
+    return module if device.type == "cpu" else copy.deepcopy(module).to(device)
+
+
 @pytest.mark.parametrize("name", ENCODER_NAMES)
-def test_encoder_shapes_and_unit_norm(name, random_encoders):
-    enc = random_encoders[name]
+def test_encoder_shapes_and_unit_norm(name, random_encoders, device):
+    enc = _on(random_encoders[name], device)
     expected_dim = {"resnet18": 512, "resnet50": 2048}.get(name, 1280)
     assert enc.name == name and enc.feature_dim == expected_dim
-    x = torch.rand(2, 3, 64, 64)
+    x = torch.rand(2, 3, 64, 64, device=device)
     with torch.no_grad():
         f = enc.features(x)
         h = enc(x)
-    assert f.shape == h.shape == (2, expected_dim)
+    assert f.shape == h.shape == (2, expected_dim) and h.device.type == device.type
     assert h.dtype == torch.float32
-    torch.testing.assert_close(h.norm(dim=1), torch.ones(2))
+    torch.testing.assert_close(h.norm(dim=1), torch.ones(2, device=device))
     torch.testing.assert_close(h, f / f.norm(dim=1, keepdim=True))
 
 
-def test_batch_equals_per_image_in_eval(lite0_pretrained, small_batch):
+def test_batch_equals_per_image_in_eval(lite0_pretrained, small_batch, device):
+    enc, small_batch = _on(lite0_pretrained, device), small_batch.to(device)
     with torch.no_grad():
-        batch = lite0_pretrained(small_batch)
-        single = torch.cat([lite0_pretrained(small_batch[i : i + 1]) for i in range(len(small_batch))])
+        batch = enc(small_batch)
+        single = torch.cat([enc(small_batch[i : i + 1]) for i in range(len(small_batch))])
     torch.testing.assert_close(batch, single, rtol=1e-4, atol=1e-5)
 
 
@@ -229,12 +235,12 @@ def test_normalisation_is_inside_and_not_saved(lite0_pretrained):
 
 
 @pytest.mark.parametrize(("h", "w"), [(32, 32), (33, 47), (97, 64)])
-def test_any_size_at_least_32(h, w, random_encoders):
-    enc = random_encoders["resnet18"]
-    lite = random_encoders["efficientnet_lite0"]
+def test_any_size_at_least_32(h, w, random_encoders, device):
+    enc = _on(random_encoders["resnet18"], device)
+    lite = _on(random_encoders["efficientnet_lite0"], device)
     with torch.no_grad():
-        assert enc(torch.rand(1, 3, h, w)).shape == (1, 512)
-        assert lite(torch.rand(1, 3, h, w)).shape == (1, 1280)
+        assert enc(torch.rand(1, 3, h, w, device=device)).shape == (1, 512)
+        assert lite(torch.rand(1, 3, h, w, device=device)).shape == (1, 1280)
 
 
 def test_bad_inputs_raise_value_error(random_encoders):
@@ -261,10 +267,10 @@ def test_channels_last_and_cpu_autocast(lite0_pretrained, small_batch, amp_dtype
     assert F.cosine_similarity(bf, ref).min() > 0.98
 
 
-def test_training_mode_backward():
-    enc = build_encoder("efficientnet_lite0").train()
-    proj = Projector(enc.feature_dim, *default_projector_dims(enc.feature_dim))
-    z = proj(enc(torch.rand(4, 3, 32, 32)))
+def test_training_mode_backward(device):
+    enc = build_encoder("efficientnet_lite0").train().to(device)
+    proj = Projector(enc.feature_dim, *default_projector_dims(enc.feature_dim)).to(device)
+    z = proj(enc(torch.rand(4, 3, 32, 32, device=device)))
     z.square().mean().backward()
     assert enc.backbone._conv_stem.weight.grad is not None
     assert torch.isfinite(enc.backbone._conv_stem.weight.grad).all()

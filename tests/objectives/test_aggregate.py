@@ -114,3 +114,27 @@ def test_edge_regulariser_and_relation_loss() -> None:
     assert e.weight.grad.tolist() == pytest.approx([-0.1, -0.4])  # -2 rho w
     loss = relation_loss(torch.tensor(1.0), torch.tensor(0.5), torch.tensor(-0.25))
     assert loss.item() == pytest.approx(2.5)
+
+
+def test_one_edge_and_no_edge() -> None:
+    """A graph with a single edge is costed (not taken for an empty one); an empty graph's regulariser is a
+    zero scalar."""
+    z = torch.tensor([[0.0, 0.0], [1.0, 2.0]])
+    one = _edges([(0, 1)], [0.5])
+    assert pair_cost(z, one).item() == pytest.approx(0.5 * (1.0 + 4.0) / (2 * 2))
+    assert edge_regulariser(one, 0.1).item() == pytest.approx(-0.1 * 0.25)
+    empty = EdgeList(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), torch.zeros(0))
+    reg = edge_regulariser(empty, 0.1)
+    assert reg.shape == () and reg.item() == 0.0
+
+
+def test_branch_weighting_one_branch_and_stop_grad() -> None:
+    """One branch is allowed (weight 1); stop_grad=True detaches the weights, stop_grad=False does not."""
+    stats = torch.tensor([3.0, 1.5])
+    w = BranchWeighting(1)(stats)
+    assert w.tolist() == [1.0]
+    stats2 = torch.tensor([3.0, 1.0, 1.5, 2.0])
+    assert not BranchWeighting(2, stop_grad=True)(stats2).requires_grad
+    assert BranchWeighting(2, stop_grad=False)(stats2).requires_grad
+    with pytest.raises(ValueError, match="at least one branch, got 0"):
+        BranchWeighting(0)

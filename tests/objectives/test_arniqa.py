@@ -77,7 +77,7 @@ def _supcon_out_reference(z: torch.Tensor, labels: list[int], t: float) -> float
 
 @pytest.mark.parametrize("pristine", ["class", "exclude"])
 def test_random_batch_matches_reference_formula(pristine: str) -> None:
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(torch.get_default_device()).manual_seed(0)
     b, v, f, lv, e = 2, 4, 2, 3, 8
     z_ref = torch.randn(b * v, e, generator=g)
     z_dist = torch.randn(b * v * f * lv, e, generator=g)
@@ -93,7 +93,7 @@ def test_random_batch_matches_reference_formula(pristine: str) -> None:
 
 
 def test_gradient_flows_and_shapes_are_checked() -> None:
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator(torch.get_default_device()).manual_seed(1)
     z_ref = torch.randn(4, 6, generator=g, requires_grad=True)
     z_dist = torch.randn(8, 6, generator=g, requires_grad=True)
     out = ArniqaObjective()(z_ref, z_dist, None, None, _meta(1, 4, 1, 2))

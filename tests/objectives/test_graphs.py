@@ -28,7 +28,7 @@ LAYOUT = NodeLayout(n_items=2, n_views=4, n_comps=2, n_levels=3)
 
 
 def _severity(layout: NodeLayout, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(torch.get_default_device()).manual_seed(seed)
     return torch.rand(layout.n_items, layout.n_comps, layout.n_levels, generator=g) * 4
 
 
@@ -79,7 +79,7 @@ def test_node_layout_vectorised() -> None:
 
 
 def test_variable_slot_severity_explicit() -> None:
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator(torch.get_default_device()).manual_seed(1)
     indices = torch.rand(2, 3, 4, 5, generator=g) * 4
     var_slot = torch.tensor([[0, 4, 2], [1, 1, 3]])
     sev = variable_slot_severity(indices, var_slot)

@@ -43,7 +43,7 @@ def test_hand_case() -> None:
 
 
 def test_matches_loop_reference() -> None:
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(torch.get_default_device()).manual_seed(0)
     anchor = torch.randn(4, 3, generator=g)
     positives = torch.randn(4, 2, 3, generator=g)
     intra = torch.randn(4, 3, 3, generator=g)
@@ -56,7 +56,7 @@ def test_matches_loop_reference() -> None:
 
 
 def test_zero_intra_weight_equals_no_intra_negatives() -> None:
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator(torch.get_default_device()).manual_seed(1)
     anchor = torch.randn(3, 4, generator=g)
     positives = torch.randn(3, 1, 4, generator=g)
     intra = torch.randn(3, 2, 4, generator=g)

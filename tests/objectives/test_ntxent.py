@@ -43,7 +43,7 @@ def test_nt_xent_hand_case() -> None:
 
 
 def test_nt_xent_matches_loop() -> None:
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(torch.get_default_device()).manual_seed(0)
     a, b = torch.randn(5, 3, generator=g), torch.randn(5, 3, generator=g)
     got = nt_xent(a, b, 0.2).item()
     assert got == pytest.approx(_loop_nt_xent(a.tolist(), b.tolist(), 0.2), rel=1e-5)
@@ -52,7 +52,7 @@ def test_nt_xent_matches_loop() -> None:
 
 
 def test_multi_positive_matches_loop_and_reduces_to_nt_xent() -> None:
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator(torch.get_default_device()).manual_seed(1)
     z = torch.randn(8, 4, generator=g)
     labels = torch.tensor([0, 0, 1, 1, 1, 2, 3, 3])  # label 2 has no positive: skipped
     got = nt_xent_multi_positive(z, labels, 0.3).item()

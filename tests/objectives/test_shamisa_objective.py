@@ -20,7 +20,7 @@ TINY = ShamisaLossConfig(knn_k=4, dist_dist_topk=60, n_prototypes=6, transport_t
 
 
 def _batch(seed: int = 0, b: int = B, v: int = V, nf: int = NF, nl: int = L, grad: bool = True):
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(torch.get_default_device()).manual_seed(seed)
     n_ref, n_dist = b * v, b * v * nf * nl
     z_ref = torch.randn(n_ref, E, generator=g)
     z_dist = torch.randn(n_dist, E, generator=g)

@@ -67,7 +67,7 @@ def test_split_halves_rows() -> None:
 
 
 def test_split_halves_var_cov_matches_terms_and_is_fp32() -> None:
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(torch.get_default_device()).manual_seed(0)
     z_ref = torch.randn(4, 5, generator=g, dtype=torch.float64)
     z_dist = torch.randn(16, 5, generator=g, dtype=torch.float64)
     var, cov = split_halves_var_cov(z_ref, z_dist, n_items=2)
@@ -94,3 +94,42 @@ def test_split_halves_var_cov_gradient() -> None:
     (var + cov).backward()
     assert z_ref.grad is not None and torch.isfinite(z_ref.grad).all()
     assert z_dist.grad is not None and torch.isfinite(z_dist.grad).all()
+
+
+def _hinge_std(z: torch.Tensor, eps: float) -> float:
+    """v(Z) written out: mean over dimensions of max(0, 1 - sqrt(unbiased var + eps)), halved as the module's."""
+    zz = z.double()
+    var = ((zz - zz.mean(0)) ** 2).sum(0) / (zz.shape[0] - 1)
+    return float(torch.clamp(1 - torch.sqrt(var + eps), min=0).mean() / 2)
+
+
+@pytest.mark.parametrize("single_view", [False, True])
+def test_split_halves_var_cov_uses_the_given_eps(single_view: bool) -> None:
+    """A non-default eps reaches every variance term (halves and single view)."""
+    z_ref = torch.tensor([[0.0, 0.1], [0.2, 0.0], [0.0, 0.3], [0.1, 0.1]])
+    z_dist = torch.tensor([[0.3, 0.0], [0.0, 0.2], [0.1, 0.0], [0.2, 0.3]])
+    eps = 0.5
+    var, _ = split_halves_var_cov(z_ref, z_dist, eps=eps, single_view=single_view)
+    if single_view:
+        expected = _hinge_std(torch.cat([z_ref, z_dist]), eps)
+    else:
+        expected = _hinge_std(torch.cat([z_ref[:2], z_dist[:2]]), eps) + _hinge_std(torch.cat([z_ref[2:], z_dist[2:]]), eps)
+    assert var.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_two_rows_are_enough() -> None:
+    # rows (0, 0), (2, 2): centred -1, 1 in both dims; cov_01 = (1 + 1) / 1 = 2; off-diagonal squares 2 * 4 = 8; / D = 4
+    z = torch.tensor([[0.0, 0.0], [2.0, 2.0]])
+    assert covariance_term(z).item() == pytest.approx(4.0, rel=1e-6)
+    assert variance_term(z).item() == pytest.approx(0.0, abs=1e-7)  # std sqrt(2) > 1 in both dims
+
+
+def test_error_messages_name_the_shapes() -> None:
+    with pytest.raises(ValueError, match=r"variance_term needs \(n>=2, D\) embeddings, got shape \(1, 3\)"):
+        variance_term(torch.zeros(1, 3))
+    with pytest.raises(ValueError, match=r"covariance_term needs \(n>=2, D\) embeddings, got shape \(1, 3\)"):
+        covariance_term(torch.zeros(1, 3))
+    with pytest.raises(ValueError, match=r"shapes differ, \(1, 2\) vs \(2, 2\)"):
+        invariance_term(torch.zeros(1, 2), torch.zeros(2, 2))
+    with pytest.raises(ValueError, match=r"row counts 4 and 6 are not multiples of n_items=4"):
+        split_halves_var_cov(torch.zeros(4, 3), torch.zeros(6, 3), n_items=4)

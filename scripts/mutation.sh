@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# Mutation testing of the modules that decide the numbers (mutmut 3.x), one module at a time, each with
+# its own fast subset of the tests. Not part of CI (minutes per module); see docs/testing.md.
+#
+#   pip install "mutmut>=3.8,<4"              # not in the dev extra (pulls in libcst and textual)
+#   scripts/mutation.sh                       # every module, the whole suite of each
+#   scripts/mutation.sh vicreg ridge          # some modules
+#   SUITE=before scripts/mutation.sh ridge    # the module's tests without the test_reference_*.py files
+#   scripts/mutation.sh --list                # the modules, their scope and their tests
+#
+# Each module runs in its own copy of src/ and tests/ under build/mutation/<module>-<suite>/ (mutmut writes
+# its mutants/ folder there, the working tree is left alone); results: build/mutation/<module>-<suite>/result.txt
+# (one line per mutant: name and status), build/mutation/<module>-<suite>/survivors.txt (each surviving mutant
+# and the lines it changed) and a one-line summary on stdout. Modules whose scope is part of a
+# file name the functions they cover: mutmut mutates whole files, and the run is restricted to the mutants
+# of those functions by name (mutmut run 'shamisa.pkg.module.x_function__mutmut_*').
+#
+# Environment: PYTHON (default .venv/bin/python), CHILDREN (parallel mutants, default 2), SUITE (after |
+# before), NICE (default 19).
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+py=${PYTHON:-$root/.venv/bin/python}
+children=${CHILDREN:-2}
+suite=${SUITE:-after}
+nice_level=${NICE:-19}
+
+# name | file to mutate (under src/) | mutant-name filters ('' = the whole file) | tests
+modules=(
+  "aggregate|shamisa/objectives/aggregate.py||tests/objectives"
+  "arniqa|shamisa/objectives/arniqa.py||tests/objectives"
+  "curves|shamisa/objectives/curves.py||tests/objectives"
+  "graphs|shamisa/objectives/graphs.py||tests/objectives"
+  "lml|shamisa/objectives/lml.py||tests/objectives tests/finetuning"
+  "ntxent|shamisa/objectives/ntxent.py||tests/objectives"
+  "objectives-registry|shamisa/objectives/registry.py||tests/objectives"
+  "shamisa-objective|shamisa/objectives/shamisa.py||tests/objectives"
+  "transport|shamisa/objectives/transport.py||tests/objectives"
+  "vicreg|shamisa/objectives/vicreg.py||tests/objectives"
+  "levels|shamisa/distortions/levels.py||tests/distortions/test_levels.py tests/distortions/test_reference_levels.py tests/distortions/test_sampler.py"
+  "sampler|shamisa/distortions/sampler.py||tests/distortions/test_sampler.py tests/distortions/test_reference_levels.py"
+  "noise-types|shamisa/distortions/functional.py|x_whitenoise x_whitenoiseCC x_impulsenoise x_multnoise x__randn x__rand x__normal_table|tests/distortions/test_functional.py tests/distortions/test_reference_types.py"
+  "colour-types|shamisa/distortions/functional.py|x_colordiff x__colordiff_finish x_colorshift x__edge_weight x__colorshift_finish x__percentile_lower x_colorsat1 x_colorsat2 x__colorsat2_finish|tests/distortions/test_functional.py tests/distortions/test_reference_types.py tests/distortions/test_kernels.py"
+  "ridge|shamisa/evaluation/ridge.py||tests/evaluation/test_ridge.py tests/evaluation/test_reference_ridge.py"
+  "crops|shamisa/images.py|x_resize x_half_scale x_ensure_min_side x_center_corners_crops x_two_scale_crops|tests/test_images.py tests/evaluation/test_reference_crops.py"
+  "optimizer|shamisa/training/model.py|x_param_groups x_build_optimizer x_freeze_encoder_lr|tests/training/test_reference_step.py tests/training/test_loop.py"
+  "step|shamisa/training/loop.py|x__train_step x__to_device|tests/training/test_reference_step.py tests/training/test_loop.py"
+)
+
+field() { cut -d'|' -f"$2" <<<"$1"; }
+
+if [[ "${1:-}" == "--list" ]]; then
+  for m in "${modules[@]}"; do
+    printf '%-20s %-36s %s\n    tests: %s\n' "$(field "$m" 1)" "$(field "$m" 2)" "$(field "$m" 3)" "$(field "$m" 4)"
+  done
+  exit 0
+fi
+if [[ "$suite" != after && "$suite" != before ]]; then
+  echo "SUITE must be after or before, not $suite" >&2
+  exit 2
+fi
+"$py" -c "import mutmut" 2>/dev/null || { echo "mutmut is not installed: pip install 'mutmut>=3.8,<4'" >&2; exit 2; }
+
+wanted=("$@")
+selected=()
+for m in "${modules[@]}"; do
+  name=$(field "$m" 1)
+  if [[ ${#wanted[@]} -eq 0 ]] || printf '%s\n' "${wanted[@]}" | grep -qx "$name"; then
+    selected+=("$m")
+  fi
+done
+if [[ ${#selected[@]} -eq 0 ]]; then
+  echo "no such module: ${wanted[*]} (see --list)" >&2
+  exit 2
+fi
+
+for m in "${selected[@]}"; do
+  name=$(field "$m" 1)
+  file=$(field "$m" 2)
+  filters=$(field "$m" 3)
+  tests=()
+  for t in $(field "$m" 4); do
+    if [[ "$suite" == before ]]; then
+      if [[ -d "$root/$t" ]]; then
+        # a folder: its files, less the reference tests
+        while IFS= read -r f; do tests+=("${f#"$root"/}"); done < <(find "$root/$t" -name 'test_*.py' ! -name 'test_reference_*' | sort)
+        continue
+      fi
+      [[ "$(basename "$t")" == test_reference_* ]] && continue
+    fi
+    tests+=("$t")
+  done
+  work="$root/build/mutation/$name-$suite"
+  rm -rf "$work"
+  mkdir -p "$work"
+  cp -r "$root/src" "$root/tests" "$work/"
+  find "$work" -name __pycache__ -prune -exec rm -rf {} +
+  # the project's pytest settings, and mutmut's for this module
+  sed -n '/^\[tool.pytest.ini_options\]/,/^\[/p' "$root/pyproject.toml" | sed '$ { /^\[/d }' >"$work/pyproject.toml"
+  {
+    echo
+    echo "[tool.mutmut]"
+    echo "source_paths = [\"src\"]"
+    echo "only_mutate = [\"src/$file\"]"
+    printf 'pytest_add_cli_args_test_selection = ['
+    sep=""
+    for t in "${tests[@]}"; do printf '%s"%s"' "$sep" "$t"; sep=", "; done
+    echo "]"
+    echo "pytest_add_cli_args = [\"-q\", \"-x\", \"-p\", \"no:randomly\"]"
+    echo "process_isolation = \"forkserver\""
+    echo "use_git_change_detection = false"
+  } >>"$work/pyproject.toml"
+  module=${file%.py}
+  module=${module//\//.}
+  names=()
+  for f in $filters; do names+=("$module.${f}__mutmut_*"); done
+  echo "== $name ($suite): src/$file ${filters:+[$filters] }with ${tests[*]}" >&2
+  start=$(date +%s)
+  (
+    cd "$work"
+    export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+    nice -n "$nice_level" "$py" -m mutmut run --max-children "$children" "${names[@]}" >run.log 2>&1 || true
+    nice -n "$nice_level" "$py" -m mutmut results --all true 2>/dev/null | sed 's/^ *//' >results-all.txt || true
+  )
+  # keep the mutants of this module's scope only
+  if [[ ${#names[@]} -eq 0 ]]; then
+    grep -E "^$module\.[^ ]*__mutmut_[0-9]+: " "$work/results-all.txt" >"$work/result.txt" || true
+  else
+    : >"$work/result.txt"
+    for f in $filters; do
+      grep -E "^$module\.${f}__mutmut_[0-9]+: " "$work/results-all.txt" >>"$work/result.txt" || true
+    done
+  fi
+  total=$(wc -l <"$work/result.txt")
+  killed=$(grep -c -E ': (killed|timeout|caught by type check)$' "$work/result.txt" || true)
+  survived=$(grep -c -E ': survived$' "$work/result.txt" || true)
+  other=$((total - killed - survived))
+  # each survivor with its change (the lines mutmut altered), for classifying it
+  (
+    cd "$work"
+    for mutant in $(grep -E ': survived$' result.txt | cut -d: -f1); do
+      echo "## $mutant"
+      "$py" -m mutmut show "$mutant" 2>/dev/null | grep -E '^[-+][^-+]' || true
+    done
+  ) >"$work/survivors.txt"
+  echo "$name ($suite): $killed of $total killed, $survived survived, $other other (no tests / not checked), $(( $(date +%s) - start )) s"
+done
