@@ -87,6 +87,15 @@ def _quality_encoder(args: argparse.Namespace) -> tuple[torch.nn.Module, str, di
     return enc, f"SHAMISA-pretrained {enc.name} (cpu preset, {record['step']} steps)", facts
 
 
+def _portable(argv: list[str], args: argparse.Namespace) -> list[str]:
+    """The command line as a user would type it: the CLIVE folder as $CLIVE_ROOT, the cache folder as
+    $FEATURE_CACHE (no path of the machine that built the model)."""
+    names = {str(args.clive_root): "$CLIVE_ROOT"}
+    if args.cache_dir is not None:
+        names[str(args.cache_dir)] = "$FEATURE_CACHE"
+    return [names.get(a, a) for a in argv]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clive-root", required=True, type=Path, help="the CLIVE ChallengeDB_release folder")
@@ -171,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     out = save_model(args.output, enc, fit.head, card, dtype=None if args.fp32 else torch.float16)
     model = load(out, device="cpu")  # read back: checksum, format, and the same predictions as the head
     report = {
-        "command": "python scripts/build_default_model.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python scripts/build_default_model.py " + " ".join(_portable(argv if argv is not None else sys.argv[1:], args)),
         "model_file": str(out.relative_to(REPO)) if out.is_relative_to(REPO) else out.name,
         "size_mb": round(out.stat().st_size / 1e6, 3),
         "card": model.card.summary(),
