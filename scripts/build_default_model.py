@@ -69,8 +69,11 @@ def _quality_encoder(args: argparse.Namespace) -> tuple[torch.nn.Module, str, di
     the pretraining facts for the report."""
     if args.weights is not None:
         enc, meta = load_encoder(args.weights)
-        return enc, f"SHAMISA-pretrained {enc.name} from {args.weights.name}", {"weights": args.weights.name,
-                                                                                 "config": meta.get("config")}
+        cfg = meta.get("config") or {}
+        desc = (f"SHAMISA-pretrained {enc.name} ({meta.get('step', '?')} steps of {cfg.get('patch_size', '?')}-px "
+                f"crops, projector lr {cfg.get('lr', '?')}, encoder lr x{cfg.get('encoder_lr_scale', '?')}, "
+                f"{cfg.get('encoder_freeze_steps', 0)} warm-up steps)") if cfg else f"SHAMISA-pretrained {enc.name}"
+        return enc, desc, {"weights": args.weights.name, "steps": meta.get("step"), "config": cfg}
     if args.pristine is None:
         raise SystemExit("error: give --pristine DIR (pristine images to pretrain on) or --weights ENCODER_FILE")
     cfg = dataclasses.replace(preset("cpu"), data_dirs=(str(args.pristine),), out_dir=str(args.run / "pretrain"),
