@@ -73,6 +73,7 @@ def _quality_encoder(args: argparse.Namespace) -> tuple[torch.nn.Module, str, di
         desc = (f"SHAMISA-pretrained {enc.name} ({meta.get('step', '?')} steps of {cfg.get('patch_size', '?')}-px "
                 f"crops, projector lr {cfg.get('lr', '?')}, encoder lr x{cfg.get('encoder_lr_scale', '?')}, "
                 f"{cfg.get('encoder_freeze_steps', 0)} warm-up steps)") if cfg else f"SHAMISA-pretrained {enc.name}"
+        cfg = {k: (Path(v).name if k == "out_dir" and v else v) for k, v in cfg.items()}  # no machine path
         return enc, desc, {"weights": args.weights.name, "steps": meta.get("step"), "config": cfg}
     if args.pristine is None:
         raise SystemExit("error: give --pristine DIR (pristine images to pretrain on) or --weights ENCODER_FILE")
