@@ -45,3 +45,25 @@ def test_sampler_is_deterministic_and_options():
         sample_compositions(2, generator=torch.Generator(), max_distortions=8)
     with pytest.raises(ConfigError):
         sample_compositions(2, generator=torch.Generator(), severity_dist="cauchy")  # type: ignore[arg-type]
+
+
+def test_the_varying_slot_takes_fresh_severities_across_levels() -> None:
+    """One factor varies at a time: the varying slot's severity changes across the levels (fresh draws),
+    every other slot keeps its severity. Continuous draws make equal levels rare (integer types and the
+    clip at 4 can tie), so at least 90% of compositions must show two or more distinct severities there."""
+    import torch
+
+    from shamisa.distortions.sampler import sample_compositions
+
+    c = sample_compositions(300, generator=torch.Generator().manual_seed(5), n_levels=5)
+    varying_differs = 0
+    for f in range(c.n_comps):
+        n, v = int(c.n_dist[f]), int(c.var_slot[f])
+        assert 0 <= v < n
+        for j in range(n):
+            distinct = torch.unique(c.indices[f, :, j]).numel()
+            if j == v:
+                varying_differs += distinct >= 2
+            else:
+                assert distinct == 1, (f, j)
+    assert varying_differs >= 0.9 * c.n_comps
