@@ -71,3 +71,22 @@ def test_select_alpha_is_the_argmax_of_the_median_over_splits(seed):
     assert alpha == GRID[int(np.argmax(median))]
     assert np.sum(median == median.max()) == 1
     assert GRID[int(np.argmax(ref.mean(axis=0)))] != alpha
+
+
+@pytest.mark.parametrize("shape", [(40, 6), (8, 20)])  # primal (D <= N) and dual (D > N) forms
+def test_ridge_path_on_small_scale_features_is_the_closed_form(shape):
+    """Features of small scale (Gram eigenvalues far below 1) and small alphas: every alpha of the path
+    equals the closed form, in both the primal and the dual form."""
+    from shamisa.evaluation.ridge import RidgePath
+
+    n, d = shape
+    rng = np.random.default_rng(3)
+    x = 0.01 * rng.normal(size=(n, d))
+    y = x @ rng.normal(size=d) * 100 + 0.1 * rng.normal(size=n)
+    x_new = 0.01 * rng.normal(size=(5, d))
+    alphas = np.array([1e-6, 1e-4, 1e-2])
+    got = RidgePath(x, y).predict(x_new, alphas)  # (M, A)
+    assert got.shape == (5, alphas.size)
+    for i, a in enumerate(alphas):
+        w, b = _ridge(x, y, a)
+        np.testing.assert_allclose(got[:, i], x_new @ w + b, rtol=1e-6, atol=1e-8)
