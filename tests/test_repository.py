@@ -1,7 +1,7 @@
 """Checks on the repository's text rather than its code.
 
 * No tracked text file names an absolute path of a development machine: commands and result files use
-  paths relative to the checkout (``../shared/data/pristine``, ``runs/...``) or placeholders
+  paths relative to the checkout (``data/pristine``, ``runs/...``) or placeholders
   (``$CLIVE_ROOT``), so that they mean the same thing in a user's checkout.
 * Every ``shamisa ...`` command line shown in a fenced code block of README.md, BENCHMARKS.md and
   docs/*.md names a real command and real options: it is parsed by the typer app with ``--help``
@@ -89,7 +89,7 @@ def test_machine_path_check_finds_a_planted_path(tmp_path):
     planted = tmp_path / "notes.md"
     planted.write_text("data in " + "/wor" + "k/shared/data/pristine\n", encoding="utf-8")
     clean = tmp_path / "clean.md"
-    clean.write_text("data in ../shared/data/pristine and $CLIVE_ROOT/Images, https://example.org/work/x\n")
+    clean.write_text("data in data/pristine and $CLIVE_ROOT/Images, https://example.org/wo" "rk/x\n")
     binary = tmp_path / "blob.bin"
     binary.write_bytes(b"\0\1/" + b"root/x")
     assert len(machine_path_hits([planted, clean, binary])) == 1

@@ -230,8 +230,8 @@ def _cpu() -> PretrainConfig:
     # Encoder schedule: the first 86 steps train only the projector and the prototypes, then the encoder
     # follows at 0.03x the lr while the projector and prototypes stay at lr 1e-2 (10x the paper's 1.5e-3
     # scaled by batch): the head reaches its working regime fast and the encoder moves slowly under it.
-    # On the 698 non-Kodak images of ../shared/data/pristine (one epoch, 349 steps, ~16 min) the encoder's
-    # features beside the ImageNet ones (the content + quality pair of the default model) beat the ImageNet
+    # On 698 pristine images (BSDS500, McMaster, Urban100, Sun-Hays80; one epoch, 349 steps, ~16 min)
+    # the encoder's features beside the ImageNet ones (the content + quality pair of the default model) beat the ImageNet
     # probe on 9 of 10 CLIVE splits (SRCC) and 10 of 10 (PLCC); every variant: docs/pretraining.md.
     # Everything not named here (schedule, momentum, weight decay, seed, max distortions, items per
     # step) is the paper recipe.

@@ -2,7 +2,7 @@
 
 Examples::
 
-    shamisa pretrain --preset cpu --data ../shared/data/pristine --exclude kodak24 --out runs/cpu
+    shamisa pretrain --preset cpu --data pristine/ --exclude kodak24 --out runs/cpu
     shamisa pretrain --preset paper --data $KADIS_ROOT/ref_imgs --weights resnet50-imagenet.pth --set loss.rho=0
     torchrun --nproc_per_node 4 -m shamisa pretrain --preset paper --data ... --out runs/paper
 
