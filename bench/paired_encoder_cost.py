@@ -19,6 +19,7 @@ import torch
 
 from shamisa.fileio import atomic_write_json
 from shamisa.models import PairedEncoder, build_encoder
+from shamisa.models.encoder import stage_modules
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -27,10 +28,10 @@ def _quality_copy(content, shared: int):
     """An encoder equal to ``content`` in its first ``shared`` stages and different after them."""
     q = build_encoder(content.name)
     q.load_state_dict(content.state_dict())
+    kept = {id(p) for m in stage_modules(q, shared) for p in m.parameters()}
     with torch.no_grad():
-        for name, p in q.backbone.named_parameters():
-            if not name.startswith(("_conv_stem", "_bn0")) and not (
-                name.startswith("_blocks.") and int(name.split(".")[1]) < 5):
+        for p in q.backbone.parameters():
+            if id(p) not in kept:
                 p.mul_(1.01)
     return q.eval()
 

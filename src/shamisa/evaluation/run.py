@@ -17,7 +17,7 @@ import torch
 from shamisa.datasets import load_arniqa_splits, load_dataset, load_splits, make_splits
 from shamisa.datasets.generic import describe_skipped, load_csv
 from shamisa.device import resolve_device
-from shamisa.errors import ConfigError, ModelFileError
+from shamisa.errors import ConfigError
 from shamisa.evaluation.brisque import brisque_features_from_paths
 from shamisa.evaluation.features import extract_features
 from shamisa.evaluation.protocol import (
@@ -27,7 +27,7 @@ from shamisa.evaluation.protocol import (
     evaluate_linear_probe,
     write_results,
 )
-from shamisa.models import build_encoder, load_encoder, read_encoder_metadata, with_content
+from shamisa.models import build_encoder, encoder_from_weights, with_content
 
 __all__ = ["EvaluationRequest", "EvaluationOutcome", "parse_ratios", "run_evaluation"]
 
@@ -125,12 +125,7 @@ def build_probe_encoder(
     if weights is None:
         enc, source = build_encoder(name, pretrained=True), "imagenet"
     else:
-        try:
-            read_encoder_metadata(weights)
-            shamisa_file = True
-        except ModelFileError:
-            shamisa_file = False
-        enc, meta = load_encoder(weights) if shamisa_file else (build_encoder(name, weights=weights), {})
+        enc, meta = encoder_from_weights(weights, name)
         source = str(weights)
     if content:
         enc = with_content(enc)

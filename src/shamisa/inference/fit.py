@@ -24,7 +24,7 @@ from shamisa.fileio import cache_dir
 from shamisa.inference.card import ModelCard
 from shamisa.inference.model_file import encoder_card_fields, read_model_file, save_model
 from shamisa.inference.quality_model import load
-from shamisa.models import Encoder, PairedEncoder, build_encoder, load_encoder, read_encoder_metadata
+from shamisa.models import Encoder, PairedEncoder, build_encoder, encoder_from_weights
 from shamisa.models import with_content as with_content_encoder
 
 __all__ = ["FitReport", "HeadFit", "MIN_IMAGES", "fit", "fit_head", "resolve_encoder"]
@@ -114,21 +114,12 @@ def resolve_encoder(encoder: str | None, weights: str | Path | None, model: str 
         raise ConfigError("give --model, or --encoder/--weights, not both")
     if weights is not None:
         try:
-            read_encoder_metadata(weights)
-            is_encoder_file = True
-        except ModelFileError:
-            is_encoder_file = False
-        if is_encoder_file:
-            enc, _ = load_encoder(weights)
-            if encoder is not None and encoder != enc.name:
-                raise ConfigError(f"{weights} holds a {enc.name} encoder, not {encoder}")
-        else:
+            enc, _ = encoder_from_weights(weights, encoder)
+        except (ConfigError, ModelFileError):
             with contextlib.suppress(ModelFileError):
                 if read_model_file(weights, verify=False)[0]:
-                    raise ConfigError(f"{weights} is a shamisa model file: pass it with --model, not --weights")
-            if encoder is None:
-                raise ConfigError(f"{weights} is not a shamisa encoder file: also give --encoder NAME (its architecture)")
-            enc = build_encoder(encoder, weights=weights)
+                    raise ConfigError(f"{weights} is a shamisa model file: pass it with --model, not --weights") from None
+            raise
         return enc.eval(), f"{enc.name} encoder from {Path(weights).name} (weights sha256 {enc.weights_hash()[:12]})"
     if encoder is not None:
         enc = build_encoder(encoder, pretrained=True)

@@ -5,7 +5,14 @@ safetensors only."""
 
 from __future__ import annotations
 
-from shamisa.models.encoder import ENCODER_NAMES, Encoder, build_encoder, load_backbone_state, load_encoder
+from shamisa.models.encoder import (
+    ENCODER_NAMES,
+    Encoder,
+    build_encoder,
+    encoder_from_weights,
+    load_backbone_state,
+    load_encoder,
+)
 from shamisa.models.heads import Projector, default_projector_dims
 from shamisa.models.imagenet import imagenet_state_dict
 from shamisa.models.paired import PairedEncoder, shared_stage_count, with_content
@@ -23,6 +30,7 @@ __all__ = [
     "Projector",
     "build_encoder",
     "default_projector_dims",
+    "encoder_from_weights",
     "imagenet_state_dict",
     "load_backbone_state",
     "load_encoder",

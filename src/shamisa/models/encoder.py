@@ -20,7 +20,13 @@ from shamisa.errors import ConfigError, ModelFileError
 from shamisa.models.efficientnet_lite import LITE_VARIANTS, efficientnet_lite, scaled_stages
 from shamisa.models.imagenet import imagenet_state_dict
 from shamisa.models.resnet import RESNET_VARIANTS, resnet
-from shamisa.models.weights import check_encoder_file, load_state_file, read_safetensors, tensors_sha256
+from shamisa.models.weights import (
+    check_encoder_file,
+    load_state_file,
+    read_encoder_metadata,
+    read_safetensors,
+    tensors_sha256,
+)
 
 #: every encoder :func:`build_encoder` knows.
 ENCODER_NAMES: tuple[str, ...] = (
@@ -285,3 +291,26 @@ def load_encoder(
     except json.JSONDecodeError:
         raise ModelFileError(f"{p}: unreadable metadata") from None
     return encoder.to(device).eval(), user_meta
+
+
+def encoder_from_weights(
+    weights: str | os.PathLike[str], architecture: str | None = None
+) -> tuple[Encoder, dict[str, Any]]:
+    """An encoder from a weights file: a shamisa encoder file (its own architecture and metadata), or a
+    foreign state dict (``.safetensors``, or ``.pth`` read with ``weights_only``) of ``architecture``.
+
+    Raises:
+        ConfigError: a foreign state dict without ``architecture``, or a shamisa encoder file of another
+            architecture than the one named.
+        ModelFileError: the file is missing, unreadable or does not fit.
+    """
+    try:
+        read_encoder_metadata(weights)
+    except ModelFileError:
+        if architecture is None:
+            raise ConfigError(f"{weights} is not a shamisa encoder file: also give --encoder NAME (its architecture)") from None
+        return build_encoder(architecture, weights=weights), {}
+    enc, meta = load_encoder(weights)
+    if architecture is not None and architecture != enc.name:
+        raise ConfigError(f"{weights} holds a {enc.name} encoder, not {architecture}")
+    return enc, meta
