@@ -10,7 +10,9 @@ The default model (``src/shamisa/assets/default.safetensors``), in one command::
    resumes an interrupted run; a finished run is reused as it is. ``--weights ENCODER_FILE`` skips this
    step and uses that encoder.
 2. Pair: the pretrained (quality) encoder beside the frozen ImageNet encoder of its architecture
-   (content), sharing the stages pretraining kept frozen (``shamisa.models.with_content``).
+   (content), sharing the stages pretraining kept frozen (``shamisa.models.with_content``), both read
+   out at several levels (``--readout multilevel``, the default: the averages of Lite's stages 5-7 and
+   of its head, :mod:`shamisa.models.readout`; ``--readout head`` gives the papers' last-map average).
 3. Head: every CLIVE image (1,162) gives 5 crops x 2 scales of 224 px; the ridge penalty is chosen by the
    median validation SRCC over the 10 random 70/10/20 splits (seed 27, the protocol's 100-value grid); the
    cross-validated SRCC/PLCC are the medians over the 10 test parts; the shipped head is refitted on all
@@ -46,7 +48,7 @@ from shamisa.inference.card import ModelCard
 from shamisa.inference.fit import fit_head
 from shamisa.inference.model_file import encoder_card_fields, save_model
 from shamisa.inference.quality_model import load
-from shamisa.models import build_encoder, load_encoder, with_content
+from shamisa.models import READOUTS, build_encoder, load_encoder, with_content, with_readout
 from shamisa.training import export_encoder, pretrain
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,6 +64,11 @@ def _fp16_roundtrip(encoder: torch.nn.Module) -> torch.nn.Module:
             if t.is_floating_point():
                 t.copy_(t.half().float())
     return enc16.eval()
+
+
+def _levels(enc: torch.nn.Module) -> tuple[int, ...]:
+    one = getattr(enc, "quality", enc)
+    return tuple(getattr(one, "level_dims", (one.feature_dim,)))
 
 
 def _quality_encoder(args: argparse.Namespace) -> tuple[torch.nn.Module, str, dict]:
@@ -117,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--check-images", type=int, default=100, help="images for the fp16-vs-fp32 check (0: skip)")
     ap.add_argument("--fp32", action="store_true", help="store fp32 encoder weights")
+    ap.add_argument("--readout", choices=READOUTS, default="multilevel",
+                    help="how the frozen encoders are read out (default: multilevel)")
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -129,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         enc = with_content(quality)
         enc_desc = (f"content + quality: the frozen ImageNet {enc.content.name} beside the {quality_desc} "
                     f"({enc.shared_stages} shared stages)")
+    enc = with_readout(enc, args.readout)
+    if args.readout != "head":
+        enc_desc += f", read out at several levels ({args.readout} readout: {', '.join(map(str, _levels(enc)))} features)"
     t_pre = time.perf_counter() - t0
     cache = args.cache_dir if args.cache_dir is not None else cache_dir() / "features"
     paths = [str(p) for p in ds.paths]
@@ -165,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         metrics["fp16_check"] = {k: (round(v, 8) if isinstance(v, float) else v) for k, v in fp16.items()}
     rebuild = ("python scripts/build_default_model.py --clive-root $CLIVE_ROOT "
                + ("--imagenet" if args.imagenet else
-                  f"--weights {args.weights.name}" if args.weights else "--pristine ../shared/data/pristine"))
+                  f"--weights {args.weights.name}" if args.weights else "--pristine ../shared/data/pristine")
+               + ("" if args.readout == "multilevel" else f" --readout {args.readout}"))
     card = ModelCard(
         name=args.name,
         **encoder_card_fields(enc),

@@ -155,6 +155,29 @@ def test_cli_probe_end_to_end_on_clive_mini(tmp_path) -> None:
     assert list((tmp_path / "cache").glob("clive-efficientnet_lite0-*.npy"))
 
 
+def test_cli_probe_multilevel_readout_with_content(tmp_path) -> None:
+    root = FIXTURES / "clive_mini"
+    if not root.is_dir():
+        pytest.skip("clive_mini fixture not present")
+    out = tmp_path / "out"
+    args = ["evaluate", "clive", "--root", str(root), "--n-splits", "3", "--ratios", "0.5,0.25,0.25", "--crop", "64",
+            "--cache", str(tmp_path / "cache"), "--workers", "0", "--quiet"]
+    r = CliRunner().invoke(app, [*args, "--readout", "multilevel", "--with-content", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    data = json.loads((out / "results.json").read_text())
+    # the pair of two Lite0 encoders read at 4 levels: 2 x (112 + 192 + 320 + 1280) features
+    assert data["model"]["readout"] == "multilevel" and data["model"]["feature_dim"] == 3808
+    assert len(data["per_split"]) == 3
+    # its own cache entry, apart from the head readout's
+    r = CliRunner().invoke(app, [*args, "--with-content", "--out", str(tmp_path / "head")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "head" / "results.json").read_text())["model"]["feature_dim"] == 2560
+    assert len(list((tmp_path / "cache").glob("clive-*.npy"))) == 2
+    r = CliRunner().invoke(app, ["evaluate", "clive", "--root", str(root), "--method", "brisque", "--readout",
+                                 "multilevel", "--quiet"])
+    assert r.exit_code == 2 and "--readout" in r.output
+
+
 def test_cli_brisque_end_to_end_on_a_csv(csv_dataset, tmp_path) -> None:
     out = tmp_path / "out"
     r = CliRunner().invoke(

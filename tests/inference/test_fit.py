@@ -109,6 +109,26 @@ def test_fit_with_encoder_weights_and_dmos(tmp_path, labelled):
     assert "enc.safetensors" in card.recipe
 
 
+def test_fit_with_the_multilevel_readout(tmp_path, labelled):
+    torch.manual_seed(3)
+    wfile = save_encoder(tmp_path / "enc.safetensors", build_encoder("efficientnet_lite0"))
+    out = tmp_path / "ml.safetensors"
+    r = _fit(labelled, out, "--weights", str(wfile), "--with-content", "--readout", "multilevel")
+    assert r.exit_code == 0, r.output
+    card = read_card(out)
+    assert (card.readout, card.content, card.feature_dim) == ("multilevel", "imagenet", 3808)
+    assert "multilevel readout" in card.recipe
+    # a model fitted on it keeps its readout; scoring reads the card
+    again = tmp_path / "again.safetensors"
+    assert _fit(labelled, again, "--model", str(out)).exit_code == 0
+    assert read_card(again).readout == "multilevel"
+    sr = runner.invoke(app, ["score", str(labelled.parent / "img"), "--model", str(out), "-f", "csv"])
+    assert sr.exit_code == 0, sr.output
+    assert len(list(csv.DictReader(io.StringIO(sr.stdout)))) == N_GOOD
+    bad = _fit(labelled, tmp_path / "x.safetensors", "--model", str(out), "--readout", "head")
+    assert bad.exit_code != 0 and "cannot change" in bad.output
+
+
 @pytest.mark.parametrize(
     "args,msg",
     [

@@ -27,6 +27,11 @@ class GridKind(str, Enum):
     budget = "budget"
 
 
+class Readout(str, Enum):
+    head = "head"
+    multilevel = "multilevel"
+
+
 class Regressor(str, Enum):
     auto = "auto"
     ridge = "ridge"
@@ -55,6 +60,10 @@ def evaluate(
     weights: Path | None = typer.Option(None, "--weights", help="Encoder weights: a shamisa .safetensors encoder file (or a state dict for --encoder)."),
     with_content: bool = typer.Option(
         False, "--with-content", help="Pair the encoder with the frozen ImageNet encoder of its architecture (content + quality features)."
+    ),
+    readout: Readout = typer.Option(
+        Readout.head, "--readout",
+        help="head: the last feature map's average (the papers' probe); multilevel: also the stride-16/32 stages' averages.",
     ),
     method: Method = typer.Option(Method.probe, "--method", help="probe (frozen encoder + ridge) or brisque."),
     regressor: Regressor = typer.Option(Regressor.auto, "--regressor", help="auto = ridge for probe, SVR for brisque."),
@@ -88,7 +97,7 @@ def evaluate(
     try:
         request = EvaluationRequest(
             dataset=dataset, root=root, encoder=encoder, weights=weights, with_content=with_content,
-            method=method.value, regressor=None if regressor == Regressor.auto else regressor.value,
+            readout=readout.value, method=method.value, regressor=None if regressor == Regressor.auto else regressor.value,
             splits_file=splits_file, arniqa_splits=arniqa_splits, n_splits=n_splits, ratios=parse_ratios(ratios),
             seed=seed, alpha_grid=alpha_grid.value, cross_dataset=cross_dataset, cross_root=cross_root, out=out,
             cache=None if no_cache else (cache or cache_dir() / "features"), crop=crop, batch_size=batch_size,

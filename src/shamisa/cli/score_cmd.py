@@ -417,6 +417,10 @@ def fit_command(
     with_content: bool = typer.Option(
         False, "--with-content", help="Pair the encoder with the frozen ImageNet encoder of its architecture (content + quality)."
     ),
+    readout: str | None = typer.Option(
+        None, "--readout", help="head or multilevel (see 'shamisa evaluate --help'); default: the encoder's (head for a new encoder).",
+        show_default=False,
+    ),
     mos_type: str | None = typer.Option(None, "--mos-type", help="mos (higher is better) or dmos (CSV default: from the column name)."),
     score_range: str | None = typer.Option(None, "--score-range", help="The labels' scale LO,HI (CSV default: observed min,max)."),
     n_splits: int = typer.Option(10, "--splits", min=1, help="Random 70/10/20 splits for alpha selection and the CV estimate."),
@@ -443,7 +447,7 @@ def fit_command(
     try:
         report = fit(
             labels, output, root=root, encoder=encoder, weights=weights, model=model, with_content=with_content,
-            mos_type=mos_type,
+            readout=readout, mos_type=mos_type,
             score_range=_parse_range(score_range), n_splits=n_splits, seed=seed, grid=grid, crop=crop,
             batch_size=batch_size, workers=workers, device=device, cache=cache, name=name, fp32=fp32,
             progress=not quiet and sys.stderr.isatty(), log=err,

@@ -27,7 +27,8 @@ from shamisa.evaluation.protocol import (
     evaluate_linear_probe,
     write_results,
 )
-from shamisa.models import build_encoder, encoder_from_weights, with_content
+from shamisa.models import build_encoder, encoder_from_weights, with_content, with_readout
+from shamisa.models.readout import check_readout
 
 __all__ = ["EvaluationRequest", "EvaluationOutcome", "parse_ratios", "run_evaluation"]
 
@@ -43,6 +44,7 @@ class EvaluationRequest:
     encoder: str = "efficientnet_lite0"
     weights: Path | None = None
     with_content: bool = False
+    readout: str = "head"
     method: str = "probe"
     regressor: str | None = None
     splits_file: Path | None = None
@@ -113,13 +115,14 @@ def _splits(ds: Any, req: EvaluationRequest) -> Any:
 
 
 def build_probe_encoder(
-    name: str, weights: Path | None, device: str, *, content: bool = False
+    name: str, weights: Path | None, device: str, *, content: bool = False, readout: str = "head"
 ) -> tuple[Any, dict[str, Any]]:
     """The frozen encoder of a probe run and its description for the result file.
 
     ``weights`` None: ImageNet weights of ``name``; a shamisa encoder file; or a foreign state dict of
     architecture ``name``. ``content``: pair it with the frozen ImageNet encoder of its architecture
-    (:func:`shamisa.models.with_content`).
+    (:func:`shamisa.models.with_content`). ``readout``: ``head`` or ``multilevel``
+    (:mod:`shamisa.models.readout`).
     """
     meta: dict[str, Any] = {}
     if weights is None:
@@ -130,10 +133,13 @@ def build_probe_encoder(
     if content:
         enc = with_content(enc)
         source = f"imagenet content + {source}"
+    enc = with_readout(enc, readout)
     enc = enc.to(device).eval().to(memory_format=torch.channels_last)
     info: dict[str, Any] = {"name": enc.name, "feature_dim": enc.feature_dim, "weights": source, "weights_hash": enc.weights_hash()}
     if content:
         info["shared_stages"] = enc.shared_stages
+    if readout != "head":
+        info["readout"] = readout
     if meta:
         info["file_metadata"] = meta
     return enc, info
@@ -161,8 +167,9 @@ def run_evaluation(req: EvaluationRequest, log: Callable[[str], None] = lambda _
         ratios=req.ratios, alpha_grid=req.alpha_grid, batch_size=req.batch_size, device=req.device,
         num_workers=max(0, req.workers), amp=req.amp, limit=req.limit,
     )
-    if req.method == "brisque" and (req.weights is not None or req.with_content):
-        raise ConfigError("--weights and --with-content have no meaning with --method brisque")
+    if req.method == "brisque" and (req.weights is not None or req.with_content or req.readout != "head"):
+        raise ConfigError("--weights, --with-content and --readout have no meaning with --method brisque")
+    check_readout(req.readout)
     resolve_device(cfg.device)  # fails early on a device this machine does not have
     if req.cross_root is not None and req.cross_dataset is None:
         raise ConfigError("--cross-root is given without --cross-dataset")
@@ -172,7 +179,9 @@ def run_evaluation(req: EvaluationRequest, log: Callable[[str], None] = lambda _
     if req.method == "brisque":
         enc, model_info = None, {"name": "brisque", "features": 36}
     else:
-        enc, model_info = build_probe_encoder(req.encoder, req.weights, cfg.device, content=req.with_content)
+        enc, model_info = build_probe_encoder(
+            req.encoder, req.weights, cfg.device, content=req.with_content, readout=req.readout
+        )
     model_name = model_info["name"]
     out = req.out or Path("runs") / "eval" / f"{ds.name}-{model_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     resolved: dict[str, Any] = {

@@ -17,6 +17,7 @@ import numpy as np
 
 from shamisa import __version__
 from shamisa.errors import ModelFileError
+from shamisa.models.readout import READOUTS
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "PROTOCOL", "REQUIRED_META", "ModelCard", "raw_to_score"]
 
@@ -59,6 +60,8 @@ class ModelCard:
             (:class:`shamisa.models.PairedEncoder`: the file holds ``content.*`` and ``quality.*``
             backbones of architecture ``encoder`` and ``feature_dim`` is the pair's).
         shared_stages: stages the pair computes once for both encoders.
+        readout: how the encoder's features are read out (:mod:`shamisa.models.readout`): ``"head"`` (the
+            last map's average; files without the key) or ``"multilevel"``.
         extra: any other metadata keys, kept as strings.
     """
 
@@ -75,6 +78,7 @@ class ModelCard:
     description: str = ""
     content: str = ""
     shared_stages: int = 0
+    readout: str = "head"
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -88,6 +92,8 @@ class ModelCard:
             raise ModelFileError(f"content must be '' or 'imagenet', not {self.content!r}")
         if int(self.shared_stages) < 0 or (self.shared_stages and not self.content):
             raise ModelFileError(f"shared_stages {self.shared_stages} needs a content + quality pair")
+        if self.readout not in READOUTS:
+            raise ModelFileError(f"readout must be one of {', '.join(READOUTS)}, not {self.readout!r}")
         if int(self.crop) < 32 or int(self.feature_dim) < 1:
             raise ModelFileError(f"invalid crop {self.crop} or feature_dim {self.feature_dim}")
 
@@ -120,6 +126,8 @@ class ModelCard:
         if self.content:
             meta["content"] = self.content
             meta["shared_stages"] = str(int(self.shared_stages))
+        if self.readout != "head":
+            meta["readout"] = self.readout
         return meta
 
     @classmethod
@@ -143,7 +151,7 @@ class ModelCard:
             raise ModelFileError(f"{source}: head_dim {head_dim} is not 2 x feature_dim {feature_dim}")
         if meta["protocol"] != PROTOCOL:
             raise ModelFileError(f"{source}: unknown feature protocol {meta['protocol']!r} (this version reads {PROTOCOL!r})")
-        known = set(REQUIRED_META) | {"name", "recipe", "metrics", "description", "shamisa_version", "content", "shared_stages"}
+        known = set(REQUIRED_META) | {"name", "recipe", "metrics", "description", "shamisa_version", "content", "shared_stages", "readout"}
         try:
             return cls(
                 name=meta.get("name", ""),
@@ -159,6 +167,7 @@ class ModelCard:
                 description=meta.get("description", ""),
                 content=meta.get("content", ""),
                 shared_stages=shared_stages,
+                readout=meta.get("readout", "head"),
                 extra={k: v for k, v in meta.items() if k not in known},
             )
         except ModelFileError as e:
@@ -168,7 +177,8 @@ class ModelCard:
         """A flat dict for listings (``shamisa models``)."""
         return {
             "name": self.name,
-            "encoder": self.encoder + (f" + {self.content} content" if self.content else ""),
+            "encoder": self.encoder + (f" + {self.content} content" if self.content else "")
+            + (f" ({self.readout} readout)" if self.readout != "head" else ""),
             "dataset": self.dataset,
             "mos_type": self.mos_type,
             "score_range": list(self.score_range),

@@ -25,6 +25,7 @@ from shamisa.inference.card import ModelCard
 from shamisa.inference.model_file import encoder_card_fields, read_model_file, save_model
 from shamisa.inference.quality_model import load
 from shamisa.models import Encoder, PairedEncoder, build_encoder, encoder_from_weights
+from shamisa.models import readout_of, with_readout
 from shamisa.models import with_content as with_content_encoder
 
 __all__ = ["FitReport", "HeadFit", "MIN_IMAGES", "fit", "fit_head", "resolve_encoder"]
@@ -173,6 +174,7 @@ def fit(
     weights: str | Path | None = None,
     model: str | None = None,
     with_content: bool = False,
+    readout: str | None = None,
     mos_type: str | None = None,
     score_range: tuple[float, float] | None = None,
     n_splits: int = 10,
@@ -201,6 +203,8 @@ def fit(
         encoder, weights, model: where the encoder comes from (see :func:`resolve_encoder`).
         with_content: pair that encoder with the frozen ImageNet encoder of its architecture
             (content + quality features, :func:`shamisa.models.with_content`).
+        readout: ``head`` or ``multilevel`` (:mod:`shamisa.models.readout`); None keeps the encoder's (a
+            model file's encoder keeps the readout it was fitted with).
         mos_type, score_range: the scale of CSV labels (default: from the column name; observed range).
         n_splits, seed, grid: the random 70/10/20 splits (split s uses seed + s) and the alpha grid.
         crop, batch_size, workers, device, cache: feature extraction settings.
@@ -229,6 +233,9 @@ def fit(
             raise ConfigError("the encoder is already a content + quality pair: drop --with-content")
         enc = with_content_encoder(enc)
         enc_desc = f"{enc_desc}, paired with the frozen ImageNet {enc.content.name} (content; {enc.shared_stages} shared stages)"
+    if readout is not None and readout != readout_of(enc):
+        enc = with_readout(enc, readout)
+        enc_desc = f"{enc_desc}, read out at several levels ({readout} readout)"
     enc = enc.to(dev).eval()
     say(f"fitting a head on {len(ds)} images of {dataset_desc} ({ds.mos_type}, range {ds.score_range[0]:g}-"
         f"{ds.score_range[1]:g}) with the {enc_desc}")

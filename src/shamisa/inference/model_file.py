@@ -26,6 +26,7 @@ from shamisa.evaluation.ridge import head_to_tensors
 from shamisa.fileio import atomic_path
 from shamisa.inference.card import FORMAT, FORMAT_VERSION, ModelCard
 from shamisa.models.paired import PairedEncoder
+from shamisa.models.readout import readout_of
 from shamisa.models.weights import read_safetensors_header
 from shamisa.models.weights import tensors_sha256 as _tensors_sha256
 
@@ -45,11 +46,13 @@ def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
 
 def encoder_card_fields(encoder: nn.Module) -> dict[str, Any]:
     """The card fields that describe ``encoder``: ``encoder`` (architecture), ``feature_dim`` and, for a
-    content + quality pair (:class:`shamisa.models.PairedEncoder`), ``content`` and ``shared_stages``."""
+    content + quality pair (:class:`shamisa.models.PairedEncoder`), ``content`` and ``shared_stages``; for a
+    readout other than ``head``, ``readout``."""
+    readout = {"readout": readout_of(encoder)} if readout_of(encoder) != "head" else {}
     if isinstance(encoder, PairedEncoder):
         return {"encoder": encoder.quality.name, "feature_dim": int(encoder.feature_dim), "content": "imagenet",
-                "shared_stages": int(encoder.shared_stages)}
-    return {"encoder": str(getattr(encoder, "name", "")), "feature_dim": int(getattr(encoder, "feature_dim", 0))}
+                "shared_stages": int(encoder.shared_stages), **readout}
+    return {"encoder": str(getattr(encoder, "name", "")), "feature_dim": int(getattr(encoder, "feature_dim", 0)), **readout}
 
 
 def _encoder_tensors(encoder: nn.Module, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:

@@ -53,7 +53,7 @@ from shamisa.evaluation.ridge import head_from_tensors
 from shamisa.inference.card import ModelCard, raw_to_score
 from shamisa.inference.model_file import model_path, read_model_file
 from shamisa.inference.preprocess import DEFAULT_MAX_SIDE, Prepared, as_image_tensor, display_path, prepare_image, prepare_path
-from shamisa.models import Encoder, PairedEncoder, build_encoder, load_backbone_state
+from shamisa.models import Encoder, PairedEncoder, build_encoder, load_backbone_state, with_readout
 
 __all__ = ["PRECISIONS", "QualityModel", "ScoreRecord", "ScoreResult", "cpu_has_native_bf16", "load"]
 
@@ -423,6 +423,7 @@ def _build_encoder_from_tensors(card: ModelCard, tensors: dict[str, torch.Tensor
             raise ModelFileError(f"{source}: {e}") from None
     else:
         enc = _backbone_from_tensors(card.encoder, tensors, source)
+    enc = with_readout(enc, card.readout)  # type: ignore[arg-type]
     if int(enc.feature_dim) != card.feature_dim:
         raise ModelFileError(
             f"{source}: encoder {card.encoder!r} gives {enc.feature_dim}-d features but the card says {card.feature_dim}"

@@ -16,6 +16,7 @@ from shamisa.models.encoder import (
 from shamisa.models.heads import Projector, default_projector_dims
 from shamisa.models.imagenet import imagenet_state_dict
 from shamisa.models.paired import PairedEncoder, shared_stage_count, with_content
+from shamisa.models.readout import READOUTS, MultiLevelEncoder, readout_of, with_readout
 from shamisa.models.weights import (
     load_state_file,
     read_encoder_metadata,
@@ -25,6 +26,8 @@ from shamisa.models.weights import (
 
 __all__ = [
     "ENCODER_NAMES",
+    "READOUTS",
+    "MultiLevelEncoder",
     "Encoder",
     "PairedEncoder",
     "Projector",
@@ -39,5 +42,7 @@ __all__ = [
     "save_encoder",
     "shared_stage_count",
     "tensors_sha256",
+    "readout_of",
     "with_content",
+    "with_readout",
 ]

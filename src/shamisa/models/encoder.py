@@ -62,6 +62,9 @@ class Encoder(nn.Module):
     Works with ``channels_last`` inputs/weights and under fp16/bf16 autocast; any H, W >= 32.
     """
 
+    #: how the features are read out (:mod:`shamisa.models.readout`): the last map's global average.
+    readout = "head"
+
     def __init__(self, name: str, backbone: nn.Module, feature_dim: int) -> None:
         super().__init__()
         self.name = name

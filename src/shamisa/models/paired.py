@@ -76,6 +76,8 @@ class PairedEncoder(nn.Module):
         super().__init__()
         if content.name != quality.name:
             raise ConfigError(f"a pair needs one architecture, got {content.name} and {quality.name}")
+        if content.readout != quality.readout:
+            raise ConfigError(f"a pair needs one readout, got {content.readout} and {quality.readout}")
         self.content, self.quality = content, quality
         self.name = f"{quality.name}+content"
         self.feature_dim = content.feature_dim + quality.feature_dim
@@ -99,7 +101,7 @@ class PairedEncoder(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(B,3,H,W) in [0,1] -> (B, Dc + Dq) float32 pooled features (each part L2-normalised)."""
-        if not self.shared_stages:
+        if not self.shared_stages or self.content.readout != "head":  # other readouts: no shared trunk
             c, q = self.content.features(x), self.quality.features(x)
         else:
             lite = self.content.family == "lite"
