@@ -28,6 +28,9 @@ from typing import Any
 
 from shamisa.distortions.codecs import JPEG2000_IMPLS
 from shamisa.errors import ConfigError
+
+#: the encoder readouts (the names of :data:`shamisa.models.readout.READOUTS`; configs import no model code).
+READOUTS = ("head", "multilevel")
 from shamisa.objectives import ArniqaLossConfig, ShamisaLossConfig
 
 __all__ = [
@@ -71,6 +74,7 @@ class PretrainConfig:
     weights: str | None = None
     bn_mode: str = "train"
     projector_input: str = "unit"
+    readout: str = "head"  # what the projector sees: "head" (last map) or "multilevel" (shamisa.models.readout)
     # data
     data_dirs: tuple[str, ...] = ()
     exclude_dirs: tuple[str, ...] = ()
@@ -139,6 +143,8 @@ def validate(cfg: PretrainConfig) -> None:
         raise ConfigError(
             f"projector_input must be one of {', '.join(PROJECTOR_INPUTS)}, not {cfg.projector_input!r}"
         )
+    if cfg.readout not in READOUTS:
+        raise ConfigError(f"readout must be one of {', '.join(READOUTS)}, not {cfg.readout!r}")
     positive = {
         "patch_size": cfg.patch_size,
         "n_refs": cfg.n_refs,

@@ -374,3 +374,27 @@ def test_encoder_frozen_stages_keep_the_stem_and_early_stages(tmp_path) -> None:
         tiny_cfg(tmp_path, "bad", "encoder_frozen_stages=-1")
     with pytest.raises(ConfigError, match="stages"):
         build_model(tiny_cfg(tmp_path, "bad2", "encoder_frozen_stages=8"))
+
+
+def test_pretraining_on_the_multilevel_readout(tmp_path) -> None:
+    """With readout=multilevel the projector sees the multilevel features (Lite0: 1904), the relation
+    objective moves the middle stages through them, and the exported encoder is a plain encoder file."""
+    from shamisa.models import build_encoder, load_encoder
+    from shamisa.training import export_encoder, pretrain
+    from shamisa.training.checkpoint import seed_everything
+    from shamisa.training.model import build_model
+
+    cfg = tiny_cfg(tmp_path, "ml", "max_steps=2", "readout=multilevel", "encoder_frozen_stages=1")
+    model = build_model(cfg)
+    assert model.encoder.readout == "multilevel" and model.projector.in_dim == 1904
+    assert getattr(model.encoder, "frozen_modules", None)  # freezing applies to the readout's backbone
+    seed_everything(cfg.seed)
+    start = {k: v.clone() for k, v in build_model(cfg).state_dict().items()}
+    run = pretrain(cfg)
+    w = load_file(str(run / "ckpt" / "last.safetensors"))
+    assert json.loads((run / "ckpt" / "last.json").read_text())["config"]["readout"] == "multilevel"
+    assert any(not torch.equal(w[k], start[k]) for k in w if k.startswith("encoder.backbone._blocks.9."))
+    enc, _ = load_encoder(export_encoder(run, tmp_path / "enc.safetensors"))
+    assert enc.readout == "head" and enc.state_dict().keys() == build_encoder("efficientnet_lite0").state_dict().keys()
+    with pytest.raises(ConfigError, match="readout"):
+        tiny_cfg(tmp_path, "bad", "readout=gem")

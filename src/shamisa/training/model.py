@@ -13,7 +13,7 @@ from torch import nn
 
 from shamisa.configs import PretrainConfig
 from shamisa.errors import ConfigError
-from shamisa.models import Projector, build_encoder, default_projector_dims
+from shamisa.models import Projector, build_encoder, default_projector_dims, with_readout
 from shamisa.models.encoder import freeze_stages, keep_frozen_stages_eval
 from shamisa.objectives import build_loss
 from shamisa.training.distributed import gather_plain, gather_split
@@ -81,7 +81,7 @@ class PretrainModel(nn.Module):
 def build_model(cfg: PretrainConfig) -> PretrainModel:
     """Encoder (ImageNet / weights file / random), projector with the default dims, loss module."""
 
-    encoder = build_encoder(cfg.encoder, pretrained=cfg.pretrained, weights=cfg.weights)
+    encoder = with_readout(build_encoder(cfg.encoder, pretrained=cfg.pretrained, weights=cfg.weights), cfg.readout)
     freeze_stages(encoder, cfg.encoder_frozen_stages)
     hidden, out = default_projector_dims(encoder.feature_dim)
     scale = math.sqrt(encoder.feature_dim) if cfg.projector_input == "sqrt_dim" else 1.0
