@@ -117,3 +117,51 @@ def test_config_validation() -> None:
     with pytest.raises(ConfigError):
         ArniqaLossConfig(pristine="per-item")  # type: ignore[arg-type]
     assert ArniqaLossConfig().to_dict() == {"temperature": 0.1, "pristine": "class"}
+
+
+def test_similarity_diagnostics_are_the_mean_cosines_of_positive_and_negative_pairs() -> None:
+    """pos_sim / neg_sim: mean cosine similarity over the ordered pairs (i != j) of one class, and over
+    the pairs of different classes, computed here with a loop over the labels of the batch."""
+    b, v, f, lv = 2, 2, 2, 2
+    g = torch.Generator().manual_seed(5)
+    z_ref, z_dist = torch.randn(b * v, 6, generator=g), torch.randn(b * v * f * lv, 6, generator=g)
+    out = ArniqaObjective()(z_ref, z_dist, meta=_meta(b, v, f, lv))
+    z = torch.cat([z_ref, z_dist]).double()
+    z = z / z.norm(dim=1, keepdim=True)
+    labels = [0] * (b * v) + [1 + bi * f * lv + fi * lv + li for bi in range(b) for _ in range(v)
+                              for fi in range(f) for li in range(lv)]
+    pos, neg = [], []
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            s = float(z[i] @ z[j])
+            if labels[i] == labels[j] and i != j:
+                pos.append(s)
+            elif labels[i] != labels[j]:
+                neg.append(s)
+    assert out["pos_sim"] == pytest.approx(sum(pos) / len(pos), abs=1e-6)
+    assert out["neg_sim"] == pytest.approx(sum(neg) / len(neg), abs=1e-6)
+    assert out["n_classes"] == 1 + b * f * lv
+    # one view per item and the pristine crops left out: every class has one member, no positive pair
+    one = ArniqaObjective(ArniqaLossConfig(pristine="exclude"))(
+        torch.randn(b, 6, generator=g), torch.randn(b * f * lv, 6, generator=g), meta=_meta(b, 1, f, lv)
+    )
+    assert math.isnan(one["pos_sim"]) and not math.isnan(one["neg_sim"])
+    # one item, one composition, one level, pristine left out: a single class, no negative pair
+    single = ArniqaObjective(ArniqaLossConfig(pristine="exclude"))(
+        torch.randn(2, 6, generator=g), torch.randn(2, 6, generator=g), meta=_meta(1, 2, 1, 1)
+    )
+    assert math.isnan(single["neg_sim"]) and not math.isnan(single["pos_sim"])
+
+
+def test_error_messages_name_what_is_wrong() -> None:
+    with pytest.raises(ConfigError, match=r"^temperature must be > 0, got -1\.0$"):
+        ArniqaLossConfig(temperature=-1.0)
+    with pytest.raises(ConfigError, match=r"^pristine must be 'class' or 'exclude', got 'both'$"):
+        ArniqaLossConfig(pristine="both")  # type: ignore[arg-type]
+    obj = ArniqaObjective()
+    with pytest.raises(ValueError, match=r"^meta must hold 'indices' \(B, F, L, S\) \(and optionally 'n_views'\)$"):
+        obj(torch.randn(4, 3), torch.randn(16, 3), meta={})
+    with pytest.raises(ValueError, match=r"^z_ref has 5 rows, expected B\*2R = 4$"):
+        obj(torch.randn(5, 3), torch.randn(16, 3), meta=_meta(2, 2, 2, 2))
+    with pytest.raises(ValueError, match=r"^z_dist has 15 rows, expected B\*2R\*F\*L = 16$"):
+        obj(torch.randn(4, 3), torch.randn(15, 3), meta=_meta(2, 2, 2, 2))

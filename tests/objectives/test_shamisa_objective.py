@@ -253,3 +253,16 @@ def test_state_dict_round_trip_reproduces_loss() -> None:
     batch = _batch(grad=False)
     b.load_state_dict(a.state_dict())
     assert a(*batch)["loss"].item() == pytest.approx(b(*batch)["loss"].item(), rel=1e-6)
+
+
+def test_get_curve_passes_a_callable_through_and_names_the_known_curves() -> None:
+    from shamisa.errors import ConfigError
+    from shamisa.objectives.curves import exponential_curve, get_curve, reciprocal_curve
+
+    def mine(gap):
+        return 1.0 / (1.0 + gap)
+
+    assert get_curve(mine) is mine
+    assert get_curve("exponential") is exponential_curve and get_curve("original") is reciprocal_curve
+    with pytest.raises(ConfigError, match=r"^unknown severity curve 'linear'; choose one of exponential, original$"):
+        get_curve("linear")
