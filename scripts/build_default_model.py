@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--check-images", type=int, default=100, help="images for the fp16-vs-fp32 check (0: skip)")
     ap.add_argument("--fp32", action="store_true", help="store fp32 encoder weights")
+    ap.add_argument("--no-content", action="store_true",
+                    help="the pretrained encoder alone, without the frozen ImageNet content encoder beside it")
     ap.add_argument("--readout", choices=READOUTS, default="multilevel",
                     help="how the frozen encoders are read out (default: multilevel)")
     args = ap.parse_args(argv)
@@ -135,9 +137,12 @@ def main(argv: list[str] | None = None) -> int:
         enc_desc, pretraining = f"{enc.name} encoder with ImageNet weights (frozen; no IQA pretraining)", None
     else:
         quality, quality_desc, pretraining = _quality_encoder(args)
-        enc = with_content(quality)
-        enc_desc = (f"content + quality: the frozen ImageNet {enc.content.name} beside the {quality_desc} "
-                    f"({enc.shared_stages} shared stages)")
+        if args.no_content:
+            enc, enc_desc = quality.eval(), f"the {quality_desc}, frozen"
+        else:
+            enc = with_content(quality)
+            enc_desc = (f"content + quality: the frozen ImageNet {enc.content.name} beside the {quality_desc} "
+                        f"({enc.shared_stages} shared stages)")
     enc = with_readout(enc, args.readout)
     if args.readout != "head":
         enc_desc += f", read out at several levels ({args.readout} readout: {', '.join(map(str, _levels(enc)))} features)"
@@ -178,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     rebuild = ("python scripts/build_default_model.py --clive-root $CLIVE_ROOT "
                + ("--imagenet" if args.imagenet else
                   f"--weights {args.weights.name}" if args.weights else "--pristine ../shared/data/pristine")
-               + ("" if args.readout == "multilevel" else f" --readout {args.readout}"))
+               + ("" if args.readout == "multilevel" else f" --readout {args.readout}")
+               + (" --no-content" if args.no_content and not args.imagenet else ""))
     card = ModelCard(
         name=args.name,
         **encoder_card_fields(enc),
@@ -192,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"rebuild: {rebuild}"),
         metrics=metrics,
         description=(f"{enc.name} + ridge head on CLIVE (authentic distortions, MOS 0-100)" if args.imagenet else
+                     f"SHAMISA-pretrained {enc.name} + ridge head on CLIVE (MOS 0-100)" if args.no_content else
                      f"SHAMISA-pretrained {enc.quality.name} + ImageNet content + ridge head on CLIVE (MOS 0-100)"),
     )
     out = save_model(args.output, enc, fit.head, card, dtype=None if args.fp32 else torch.float16)
