@@ -77,3 +77,24 @@ def test_errors() -> None:
         nt_xent(torch.ones(2, 3), torch.ones(2, 3), temperature=0.0)
     with pytest.raises(ValueError):
         nt_xent_multi_positive(torch.zeros(3, 2), torch.zeros(2, dtype=torch.long))
+
+
+def test_defaults_edges_and_messages() -> None:
+    g = torch.Generator(torch.get_default_device()).manual_seed(2)
+    a, b = torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g)
+    labels = torch.tensor([0, 0, 1])
+    # the default temperature is ARNIQA's 0.1
+    assert nt_xent(a, b).item() == pytest.approx(nt_xent(a, b, 0.1).item(), rel=1e-7)
+    assert nt_xent_multi_positive(a, labels).item() == pytest.approx(nt_xent_multi_positive(a, labels, 0.1).item(), rel=1e-7)
+    # one pair: the positive is the only candidate, -log(1) = 0
+    assert nt_xent(a[:1], b[:1], 0.5).item() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match=r"^nt_xent needs two \(n, D\) tensors of equal shape, got \(0, 4\), \(0, 4\)$"):
+        nt_xent(a[:0], b[:0])
+    with pytest.raises(ValueError, match=r"equal shape, got \(4,\), \(4,\)$"):
+        nt_xent(a[0], b[0])
+    with pytest.raises(ValueError, match=r"^temperature must be > 0, got 0.0$"):
+        nt_xent(a, b, 0.0)
+    with pytest.raises(ValueError, match=r"^temperature must be > 0, got 0.0$"):
+        nt_xent_multi_positive(a, labels, 0.0)
+    with pytest.raises(ValueError, match=r"^expected z \(n, D\) and labels \(n,\), got \(3, 4\), \(2,\)$"):
+        nt_xent_multi_positive(a, labels[:2])
