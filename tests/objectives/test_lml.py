@@ -81,3 +81,21 @@ def test_gradients_and_errors() -> None:
         local_manifold_contrastive_loss(anchor, torch.randn(3, 4), intra)
     with pytest.raises(ValueError):
         local_manifold_contrastive_loss(anchor, positives, intra, temperature=0.0)
+
+
+def test_defaults_and_exact_messages() -> None:
+    g = torch.Generator(torch.get_default_device()).manual_seed(3)
+    anchor, pos, intra = torch.randn(3, 4, generator=g), torch.randn(3, 2, 4, generator=g), torch.randn(3, 2, 4, generator=g)
+    # the defaults: temperature 0.1, intra-class negatives at weight 1
+    assert local_manifold_contrastive_loss(anchor, pos, intra).item() == pytest.approx(
+        _loop(anchor.tolist(), pos.tolist(), intra.tolist(), 0.1, 1.0), rel=1e-5
+    )
+    with pytest.raises(ValueError, match=r"^anchor must be \(B, D\), got \(4,\)$"):
+        local_manifold_contrastive_loss(anchor[0], pos, intra)
+    with pytest.raises(ValueError, match=r"^intra_negatives must be \(B, M, D\) = \(3, M, 4\), got \(3, 2\)$"):
+        local_manifold_contrastive_loss(anchor, pos, intra[:, :, 0])
+    # positives of the right batch but the wrong width are refused too
+    with pytest.raises(ValueError, match=r"^positives must be \(B, P, D\) = \(3, P, 4\), got \(3, 2, 5\)$"):
+        local_manifold_contrastive_loss(anchor, torch.randn(3, 2, 5, generator=g), intra)
+    with pytest.raises(ValueError, match=r"^need temperature > 0 and intra_weight >= 0, got 0.1, -1.0$"):
+        local_manifold_contrastive_loss(anchor, pos, intra, 0.1, -1.0)
