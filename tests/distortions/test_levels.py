@@ -91,3 +91,29 @@ def test_sampler_metadata_consistent(dist):
     big = sample_compositions(400, generator=torch.Generator().manual_seed(2))
     assert set(big.n_dist.tolist()) == set(range(1, 8))
     assert set(big.type_ids[big.type_ids >= 0].tolist()) == set(range(26))
+
+
+def test_level_edges_the_table_ends_and_beyond():
+    """value_to_severity at every table entry (the last one included), outside the table (clamped),
+    for Python floats and float32 values; is_integer_type's default set; every kind of bad severity."""
+    from shamisa.distortions.levels import LEVELS, is_integer_type, severity_to_value, value_to_severity
+
+    for name, table in LEVELS.items():
+        got = value_to_severity(name, torch.tensor(table, dtype=torch.float64))
+        assert got.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0], name
+        lo_end, hi_end = (min(table), max(table))
+        below, above = lo_end - abs(lo_end) - 1.0, hi_end + abs(hi_end) + 1.0
+        ends = [0.0, 4.0] if table[-1] > table[0] else [4.0, 0.0]
+        assert value_to_severity(name, torch.tensor([below, above], dtype=torch.float64)).tolist() == ends, name
+    # a Python float and a float32 value give the float64 severity of the float64 value
+    table = LEVELS["whitenoise"]
+    v = table[1] + (table[2] - table[1]) / 3.0  # inside the table, not representable in float32
+    want = value_to_severity("whitenoise", torch.tensor(v, dtype=torch.float64))
+    assert value_to_severity("whitenoise", v).dtype == torch.float64
+    assert float(value_to_severity("whitenoise", v)) == float(want)
+    # the default is the extended integer set (gaublur continuous in both, highsharpen integer only there)
+    assert is_integer_type("highsharpen") and not is_integer_type("highsharpen", extended_int_distortions=False)
+    assert not is_integer_type("gaublur")
+    for bad in (-0.5, float("nan"), float("inf"), 4.5):
+        with pytest.raises(ValueError, match=r"severity must be in \[0, 4\]"):
+            severity_to_value("gaublur", torch.tensor([1.0, bad]))
