@@ -9,7 +9,7 @@ runs the protocol's ridge probe (10 splits, seed 27, the 100-value alpha grid, u
 * ``head+std``: the head's mean and standard deviation;
 * ``multilevel``: the means of stages 5, 6, 7 and the head (the ``multilevel`` readout);
 * ``multilevel+std``: the same with each level's standard deviation;
-* ``pair:VARIANT``: the first two encoders side by side (content = the first, quality = the second).
+* ``pair(FIRST,OTHER):VARIANT``: the first encoder (content) beside each other one (quality).
 
 Each pooled part is L2-normalised; the parts are concatenated and scaled to unit norm (as
 ``shamisa.models.readout``). The ``head`` variant reproduces ``shamisa evaluate clive`` exactly and the
@@ -107,9 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         raws[label] = pooled_levels(enc, [str(p) for p in ds.paths], log=lambda m: print(m, file=sys.stderr))
     labels = list(raws)
     runs = [(f"{lab}:{v}", [raws[lab]], v) for lab in labels for v in args.variants.split(",")]
-    if len(labels) >= 2:
-        runs += [(f"pair({labels[0]},{labels[1]}):{v}", [raws[labels[0]], raws[labels[1]]], v)
-                 for v in args.variants.split(",")]
+    runs += [(f"pair({labels[0]},{other}):{v}", [raws[labels[0]], raws[other]], v)
+             for other in labels[1:] for v in args.variants.split(",")]
     out: dict = {"dataset": "clive", "splits": "10 x 70/10/20, seed 27", "encoders": dict(
         item.partition("=")[::2] for item in args.encoder), "results": {}}
     for name, raw, v in runs:

@@ -104,6 +104,8 @@ def _portable(argv: list[str], args: argparse.Namespace) -> list[str]:
     names = {str(args.clive_root): "$CLIVE_ROOT"}
     if args.cache_dir is not None:
         names[str(args.cache_dir)] = "$FEATURE_CACHE"
+    if args.weights is not None and args.weights.is_absolute():  # a run's encoder: runs/RUN/FILE
+        names[str(args.weights)] = f"runs/{args.weights.parent.name}/{args.weights.name}"
     return [names.get(a, a) for a in argv]
 
 

@@ -224,8 +224,8 @@ def _paper() -> PretrainConfig:
 def _cpu() -> PretrainConfig:
     # Sized from measured step times on the shared 2-core CPU (bench/train_step.py, docs/pretraining.md):
     # 128 px crops, 2 refs x 3 compositions x 4 levels -> 52 crops an item, 2 items (104 crops) a step,
-    # ~7-12 s a step with one fp32 thread (bf16 autocast is slower single-threaded on this CPU), so one
-    # epoch over the 518 BSDS500 + McMaster images (259 steps) fits the 55-minute cap.
+    # 2.5-5 s a step with one fp32 thread on 2 shared cores (bf16 autocast is slower single-threaded on
+    # this CPU), so two epochs over the 698 images (698 steps) fit the 90-minute cap.
     # Loss balance: with the paper's A0 coefficients, an ImageNet Lite0 start and 128 px crops, the
     # expander output z collapses to a constant within ~10 steps (the covariance and relation terms
     # outweigh the variance hinge; the edge regulariser then pulls h together too) and the encoder
@@ -236,9 +236,12 @@ def _cpu() -> PretrainConfig:
     # Encoder schedule: the first 86 steps train only the projector and the prototypes, then the encoder
     # follows at 0.03x the lr while the projector and prototypes stay at lr 1e-2 (10x the paper's 1.5e-3
     # scaled by batch): the head reaches its working regime fast and the encoder moves slowly under it.
-    # On 698 pristine images (BSDS500, McMaster, Urban100, Sun-Hays80; one epoch, 349 steps, ~16 min)
-    # the encoder's features beside the ImageNet ones (the content + quality pair of the default model) beat the ImageNet
-    # probe on 9 of 10 CLIVE splits (SRCC) and 10 of 10 (PLCC); every variant: docs/pretraining.md.
+    # Readout: the projector and the feature graphs see the multilevel readout (Lite's stages 5-7 and head,
+    # shamisa.models.readout), the features the probe and the default model read, so the objective shapes
+    # the middle stages too. Two epochs under one cosine (t0_epochs=2): on 698 pristine images (BSDS500,
+    # McMaster, Urban100, Sun-Hays80; 698 steps, ~35 min on 2 shared cores) the encoder read out at
+    # several levels beside the ImageNet one (the default model's content + quality pair) beats the same
+    # readout of ImageNet alone on 10 of 10 CLIVE splits (SRCC and PLCC); every variant: docs/pretraining.md.
     # Everything not named here (schedule, momentum, weight decay, seed, max distortions, items per
     # step) is the paper recipe.
     return dataclasses.replace(
@@ -256,7 +259,10 @@ def _cpu() -> PretrainConfig:
         lr=1e-2,
         encoder_freeze_steps=86,
         encoder_lr_scale=0.03,
-        max_minutes=55.0,
+        readout="multilevel",
+        epochs=2,
+        t0_epochs=2,
+        max_minutes=90.0,
         device="cpu",
         threads=1,
         amp="off",
