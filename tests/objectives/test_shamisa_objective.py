@@ -266,3 +266,69 @@ def test_get_curve_passes_a_callable_through_and_names_the_known_curves() -> Non
     assert get_curve("exponential") is exponential_curve and get_curve("original") is reciprocal_curve
     with pytest.raises(ConfigError, match=r"^unknown severity curve 'linear'; choose one of exponential, original$"):
         get_curve("linear")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"binary": True},
+        {"curve": "original"},
+        {"pair_metric": "cos"},
+        {"include_knn_residual": False},
+        {"var_eps": 0.5},
+        {"single_view_var_cov": True},
+        {"gamma": 1.0},
+        {"rho": 1.0},
+        {"structural_rule": "all_views"},
+        {"coef_dist_dist": 0.0},
+        {"coef_ref_dist": 0.0},
+    ],
+)
+def test_every_option_reaches_the_loss(change) -> None:
+    """Each setting changes the value of the objective on a fixed batch (so it is passed on where it is
+    used), and only the terms it should touch."""
+    base = _batch(seed=4, grad=False)
+    torch.manual_seed(0)
+    ref = ShamisaObjective(TINY, rep_dim=D, emb_dim=E)(*base)
+    torch.manual_seed(0)
+    out = ShamisaObjective(replace(TINY, **change), rep_dim=D, emb_dim=E)(*base)
+    assert out["loss"].item() != pytest.approx(ref["loss"].item(), rel=1e-6, abs=1e-9), change
+    if "gamma" in change:
+        assert out["align"] != 0.0  # the alignment term is on at gamma 1
+    if "rho" in change:
+        assert out["reg"] != 0.0
+    if set(change) <= {"var_eps", "single_view_var_cov"}:
+        assert out["rel"] == pytest.approx(ref["rel"], rel=1e-6)  # variance / covariance only
+    else:
+        assert out["var"] == pytest.approx(ref["var"], rel=1e-6) and out["cov"] == pytest.approx(ref["cov"], rel=1e-6)
+
+
+def test_defaults_edges_and_exact_messages() -> None:
+    assert ShamisaObjective().cfg == ShamisaLossConfig()
+    obj = ShamisaObjective()
+    assert (obj.rep_dim, obj.emb_dim) == (2048, 768)
+    for name in ("knn_k", "n_prototypes", "sinkhorn_iters", "transport_topk_per_node"):
+        assert getattr(replace(TINY, **{name: 1}), name) == 1  # 1 is allowed
+        with pytest.raises(ConfigError, match=rf"^ShamisaLossConfig\.{name} must be >= 1, got 0$"):
+            replace(TINY, **{name: 0})
+    with pytest.raises(ConfigError, match=r"^ShamisaLossConfig\.gamma must be >= 0, got -1\.0$"):
+        replace(TINY, gamma=-1.0)
+    with pytest.raises(ConfigError, match=r"^unknown structural rule 'odd'; use 'parity' or 'all_views'$"):
+        replace(TINY, structural_rule="odd")
+    for tau, eps in ((0.0, 0.05), (0.1, 0.0)):
+        with pytest.raises(ConfigError, match=r"^transport_tau and sinkhorn_eps must be > 0$"):
+            replace(TINY, transport_tau=tau, sinkhorn_eps=eps)
+    tiny = ShamisaObjective(TINY, rep_dim=D, emb_dim=E)
+    z_ref, z_dist, h_ref, h_dist, meta = _batch(grad=False)
+    with pytest.raises(ValueError, match=rf"^z_ref must have shape \(n, E\) or \(\.\.\., E\), got \({B * V},\)$"):
+        tiny(z_ref[:, 0], z_dist, h_ref, h_dist, meta)
+    with pytest.raises(ValueError, match=rf"^h_dist must have shape \(n, E\) or \(\.\.\., E\), got \({B * V * NF * L},\)$"):
+        tiny(z_ref, z_dist, h_ref, h_dist[:, 0], meta)
+    with pytest.raises(ValueError, match=rf"^z must have {E} columns, got {E} and {E - 1}$"):
+        tiny(z_ref, z_dist[:, 1:], h_ref, h_dist, meta)
+    with pytest.raises(ValueError, match=rf"^h must have {D} columns, got {D - 1} and {D}$"):
+        tiny(z_ref, z_dist, h_ref[:, 1:], h_dist, meta)
+    with pytest.raises(ValueError, match=r"^meta\['indices'\] must be \(B, F, L, S\), got \(2, 2, 3\)$"):
+        tiny(z_ref, z_dist, h_ref, h_dist, dict(meta, indices=meta["indices"][..., 0]))
+    with pytest.raises(ValueError, match=r"^z_ref has 3 rows, not a multiple of B=2$"):
+        tiny(z_ref[:3], z_dist, h_ref[:3], h_dist, {k: v for k, v in meta.items() if k != "n_views"})
