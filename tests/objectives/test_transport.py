@@ -127,3 +127,27 @@ def test_alignment_gradient_only_through_log_probs() -> None:
     swapped_prediction_alignment(q, lp, pairs, 0.5).backward()
     assert q.grad is None
     assert lp.grad is not None and lp.grad.abs().sum() > 0
+
+
+def test_defaults_edges_and_message() -> None:
+    from shamisa.objectives.transport import sinkhorn_knopp
+
+    torch.manual_seed(1)
+    layer = PrototypeLayer(6)
+    assert layer.weight.shape == (32, 6) and "in_dim=6, n_prototypes=32" in repr(layer)
+    assert PrototypeLayer(1, 1).weight.shape == (1, 1)  # the smallest layer is allowed
+    for args in ((0, 4), (4, 0), (0, 0)):
+        with pytest.raises(ValueError, match=rf"^PrototypeLayer needs in_dim, n_prototypes >= 1, got {args[0]}, {args[1]}$"):
+            PrototypeLayer(*args)
+    h = torch.nn.functional.normalize(torch.randn(12, 6, generator=torch.Generator().manual_seed(2)), dim=1)
+    # the defaults are tau 0.1, eps 0.05, 6 Sinkhorn iterations, 8 edges a node
+    got = transport_edges(h, layer)
+    want = transport_edges(h, layer, tau=0.1, eps=0.05, sinkhorn_iters=6, topk_per_node=8)
+    assert got.edges.n_edges == 8 * 12
+    assert torch.equal(got.codes, want.codes) and torch.equal(got.log_probs, want.log_probs)
+    assert torch.equal(got.edges.weight, want.edges.weight)
+    x = torch.nn.functional.normalize(h, dim=-1)
+    torch.testing.assert_close(got.codes, sinkhorn_knopp(layer(x), 0.05, 6))
+    assert not torch.allclose(got.codes, sinkhorn_knopp(layer(x), 0.05, 7))
+    # zero edges asked for: none
+    assert global_topk_edges(torch.rand(3, 3), 0).n_edges == 0
