@@ -51,3 +51,32 @@ def test_probe_crops_are_resize_then_crop(h, w):
     d = 3 * CROP * CROP
     np.testing.assert_array_equal(feats[:, :d], ref[:, :d].astype(np.float32))  # full scale: exact pixels
     np.testing.assert_allclose(feats[:, d:], ref[:, d:], atol=1e-5)  # half scale: the two resamplers agree to ~2e-7
+
+
+def test_crop_helpers_edges_defaults_and_messages() -> None:
+    """resize on a batch equals per image and never undershoots 0; half scale of a tiny image keeps one
+    pixel; enlargement keeps the aspect on both sides; the default crop is 224; the messages."""
+    import re
+
+    import pytest
+
+    from shamisa.images import center_corners_crops, ensure_min_side, half_scale, resize, two_scale_crops
+
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(2, 3, 40, 30, generator=g) > 0.5).float()  # hard 0/1 edges: bicubic over/undershoots
+    out = resize(x, (17, 23))
+    assert out.shape == (2, 3, 17, 23) and out.min() >= 0.0 and out.max() <= 1.0
+    torch.testing.assert_close(out[1], resize(x[1], (17, 23)))
+    assert half_scale(torch.rand(3, 3, 3, generator=g)).shape == (3, 1, 1)
+    wide = ensure_min_side(torch.rand(3, 50, 100, generator=g), 224)
+    assert wide.shape == (3, 224, 448)  # scale 224 / 50 on both sides
+    tall = ensure_min_side(torch.rand(3, 100, 50, generator=g), 224)
+    assert tall.shape == (3, 448, 224)
+    big = torch.rand(3, 230, 240, generator=g)
+    assert center_corners_crops(big).shape == (5, 3, 224, 224)
+    full, halfs = two_scale_crops(big)
+    assert full.shape == halfs.shape == (5, 3, 224, 224)
+    with pytest.raises(ValueError, match=re.escape("expected (3, H, W), got (1, 3, 230, 240)")):
+        center_corners_crops(big[None])
+    with pytest.raises(ValueError, match=re.escape("image 240x100 is smaller than the crop size 224")):
+        center_corners_crops(torch.rand(3, 100, 240, generator=g))
