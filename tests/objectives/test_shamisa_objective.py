@@ -332,3 +332,23 @@ def test_defaults_edges_and_exact_messages() -> None:
         tiny(z_ref, z_dist, h_ref, h_dist, dict(meta, indices=meta["indices"][..., 0]))
     with pytest.raises(ValueError, match=r"^z_ref has 3 rows, not a multiple of B=2$"):
         tiny(z_ref[:3], z_dist, h_ref[:3], h_dist, {k: v for k, v in meta.items() if k != "n_views"})
+
+
+def test_more_exact_messages_and_settings_reaching_the_modules() -> None:
+    with pytest.raises(ConfigError, match=r"^unknown severity curve 'cubic'; choose one of \['exponential', 'original'\]$"):
+        replace(TINY, curve="cubic")
+    with pytest.raises(ConfigError, match=r"^unknown pair metric 'l1'; use one of \('euc', 'cos'\)$"):
+        replace(TINY, pair_metric="l1")
+    tiny = ShamisaObjective(TINY, rep_dim=D, emb_dim=E)
+    assert tiny.prototypes.n_prototypes == TINY.n_prototypes == 6
+    assert ShamisaObjective(replace(TINY, weighting_stop_grad=False), rep_dim=D, emb_dim=E).weighting.stop_grad is False
+    z_ref, z_dist, h_ref, h_dist, meta = _batch(grad=False)
+    with pytest.raises(ValueError, match=r"^z_dist must have shape \(n, E\) or \(\.\.\., E\), got \(48,\)$"):
+        tiny(z_ref, z_dist[:, 0], h_ref, h_dist, meta)
+    with pytest.raises(ValueError, match=r"^h_ref must have shape \(n, E\) or \(\.\.\., E\), got \(8,\)$"):
+        tiny(z_ref, z_dist, h_ref[:, 0], h_dist, meta)
+    with pytest.raises(ValueError, match=r"^expected 8 reference rows and 48 distorted rows for B=2, 2R=4, F=2, L=3; got 8 and 47$"):
+        tiny(z_ref, z_dist[:47], h_ref, h_dist[:47], meta)
+    one = _batch(b=1, grad=False)
+    with pytest.raises(ValueError, match=r"^the half-split variance/covariance terms need B >= 2 items$"):
+        tiny(*one)
