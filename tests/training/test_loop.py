@@ -398,3 +398,16 @@ def test_pretraining_on_the_multilevel_readout(tmp_path) -> None:
     assert enc.readout == "head" and enc.state_dict().keys() == build_encoder("efficientnet_lite0").state_dict().keys()
     with pytest.raises(ConfigError, match="readout"):
         tiny_cfg(tmp_path, "bad", "readout=gem")
+
+
+def test_logged_step_timings_are_consistent(tiny_run) -> None:
+    """Each logged row's timings are non-negative, the step's is the sum of its parts, and no part is
+    longer than the run (a sign or sum slip in the step's clock arithmetic breaks one of these)."""
+    _, run = tiny_run
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "t_step" in r]
+    assert steps
+    for r in steps:
+        parts = (r["t_data"], r["t_forward"], r["t_backward"])
+        assert all(0.0 <= p < 600.0 for p in parts), r
+        assert r["t_step"] == pytest.approx(sum(parts), rel=1e-6, abs=1e-9), r
