@@ -44,7 +44,7 @@ modules=(
   "ridge|shamisa/evaluation/ridge.py||tests/evaluation/test_ridge.py tests/evaluation/test_reference_ridge.py tests/evaluation/test_ridge_messages.py"
   "crops|shamisa/images.py|x_resize x_half_scale x_ensure_min_side x_center_corners_crops x_two_scale_crops|tests/test_images.py tests/evaluation/test_reference_crops.py"
   "optimizer|shamisa/training/model.py|x_param_groups x_build_optimizer x_freeze_encoder_lr|tests/training/test_reference_step.py tests/training/test_loop.py"
-  "step|shamisa/training/loop.py|x__train_step x__to_device|tests/training/test_reference_step.py tests/training/test_loop.py"
+  "step|shamisa/training/loop.py|x__train_step x__to_device|tests/training/test_reference_step.py tests/training/test_loop.py tests/training/test_distributed.py"
 )
 
 field() { cut -d'|' -f"$2" <<<"$1"; }
