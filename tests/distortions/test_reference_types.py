@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from conftest import natural_like_image
+from distortions.lab_reference import lab_to_rgb, rgb_to_lab
 from shamisa.distortions import apply_distortion
 
 H, W = 20, 28
@@ -243,42 +244,17 @@ def test_lensblur_impulse_response_is_the_disk(radius, device):
     assert y.sum() == pytest.approx(1.0, abs=1e-6)
 
 
-# sRGB (D65) <-> CIE Lab, float64
-_M = np.array([[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]])
-_WHITE = np.array([0.950456, 1.0, 1.088754])
-
-
-def _rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
-    lin = np.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
-    xyz = np.einsum("ij,cj...->ci...", _M, lin[None] if lin.ndim == 3 else lin)
-    xyz = xyz[0] if rgb.ndim == 3 else xyz
-    t = xyz / _WHITE.reshape((3,) + (1,) * (xyz.ndim - 1))
-    f = np.where(t > 0.008856, np.cbrt(t), 7.787 * t + 4 / 29)
-    return np.stack([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
-
-
-def _lab_to_rgb(lab: np.ndarray) -> np.ndarray:
-    fy = (lab[0] + 16) / 116
-    # f(Z) is floored at 0 (as kornia's conversion does): strongly saturated blues leave the gamut otherwise
-    f = np.stack([fy + lab[1] / 500, fy, np.maximum(fy - lab[2] / 200, 0.0)])
-    t = np.where(f > 0.2068966, f**3, (f - 4 / 29) / 7.787)
-    xyz = t * _WHITE.reshape(3, 1, 1)
-    lin = np.einsum("ij,j...->i...", np.linalg.inv(_M), xyz)
-    rgb = np.where(lin > 0.0031308, 1.055 * np.clip(lin, 0.0031308, None) ** (1 / 2.4) - 0.055, 12.92 * lin)
-    return np.clip(rgb, 0, 1)
-
-
 def test_lab_reference_round_trip():
     x = natural_like_image(H, W).double().numpy()
-    np.testing.assert_allclose(_lab_to_rgb(_rgb_to_lab(x)), x, atol=1e-9)
+    np.testing.assert_allclose(lab_to_rgb(rgb_to_lab(x)), x, atol=1e-9)
 
 
 @pytest.mark.parametrize("v", [2, 6])
 def test_colorsat2_lab_chroma(v, device):
     x = natural_like_image(H, W).double() * 0.6 + 0.2  # chroma scaled up but mostly in gamut
-    lab = _rgb_to_lab(x.numpy())
+    lab = rgb_to_lab(x.numpy())
     lab[1:] *= v
-    ref = _lab_to_rgb(lab)
+    ref = lab_to_rgb(lab)
     y = _apply(x[None], "colorsat2", v, device)[0]
     # the output is truncated to 8 bits: at most 1/255 below the exact value
     assert np.all(y <= ref + 2e-3) and np.all(y >= ref - 1 / 255 - 2e-3)
@@ -294,9 +270,9 @@ def test_brighten_curve(v, device):
     def curve(t):
         return np.clip(a * t**2 + b * t, 0, 1)
 
-    lab = _rgb_to_lab(x)
+    lab = rgb_to_lab(x)
     lab[0] = curve(lab[0] / 100) * 100
-    ref = (2 * curve(x) + _lab_to_rgb(lab)) / 3  # RGB curve averaged 2:1 with the same curve on L*
+    ref = (2 * curve(x) + lab_to_rgb(lab)) / 3  # RGB curve averaged 2:1 with the same curve on L*
     y = _apply(torch.from_numpy(x)[None], "brighten", v, device)[0]
     np.testing.assert_allclose(y, ref, atol=2e-3)
 
@@ -304,12 +280,12 @@ def test_brighten_curve(v, device):
 @pytest.mark.parametrize("v", [2, 6])
 def test_highsharpen_unsharp_mask_on_lightness(v, device):
     x = _image().numpy()[0]
-    lab = _rgb_to_lab(x)
+    lab = rgb_to_lab(x)
     k = _gauss(6.0, 6)  # 13 taps, sigma 6
     lum = lab[0][None, None]
     blurred = _replicate_correlate_1d(_replicate_correlate_1d(lum, k, 2), k, 3)[0, 0]
     lab[0] = lab[0] + v * (lab[0] - blurred)
-    ref = _lab_to_rgb(lab)
+    ref = lab_to_rgb(lab)
     y = _apply(torch.from_numpy(x)[None], "highsharpen", v, device)[0]
     np.testing.assert_allclose(y, ref, atol=2e-3)
 

@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from conftest import natural_like_image
+from distortions.lab_reference import lab_to_rgb, rgb_to_lab
 from shamisa.distortions import apply_distortion
 
 
@@ -49,27 +50,6 @@ def _blur(a: np.ndarray, k: np.ndarray) -> np.ndarray:
     return out
 
 
-# sRGB (D65) <-> CIE Lab, float64 (the same definition as test_reference_types.py)
-_M = np.array([[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]])
-_WHITE = np.array([0.950456, 1.0, 1.088754])
-
-
-def _rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
-    lin = np.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
-    t = np.einsum("ij,j...->i...", _M, lin) / _WHITE.reshape(3, 1, 1)
-    f = np.where(t > 0.008856, np.cbrt(t), 7.787 * t + 4 / 29)
-    return np.stack([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
-
-
-def _lab_to_rgb(lab: np.ndarray) -> np.ndarray:
-    fy = (lab[0] + 16) / 116
-    f = np.stack([fy + lab[1] / 500, fy, np.maximum(fy - lab[2] / 200, 0.0)])
-    t = np.where(f > 0.2068966, f**3, (f - 4 / 29) / 7.787)
-    lin = np.einsum("ij,j...->i...", np.linalg.inv(_M), t * _WHITE.reshape(3, 1, 1))
-    rgb = np.where(lin > 0.0031308, 1.055 * np.clip(lin, 0.0031308, None) ** (1 / 2.4) - 0.055, 12.92 * lin)
-    return np.clip(rgb, 0, 1)
-
-
 # --------------------------------------------------------------------------------------------------
 # deterministic
 
@@ -77,10 +57,10 @@ def _lab_to_rgb(lab: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("v", [1, 6])
 def test_colordiff_blurs_and_scales_the_chroma(v, device):
     x = natural_like_image(20, 28).double() * 0.6 + 0.2  # mostly in gamut after the chroma change
-    lab = _rgb_to_lab(x.numpy())
+    lab = rgb_to_lab(x.numpy())
     k = _gauss(1.5 * v + 2.0)
     lab[1:] = v * _blur(lab[1:], k)
-    ref = _lab_to_rgb(lab)
+    ref = lab_to_rgb(lab)
     y = _apply(x[None], "colordiff", v, device)[0]
     # the output is truncated to 8 bits: at most 1/255 below the exact value
     assert np.all(y <= ref + 2e-3) and np.all(y >= ref - 1 / 255 - 2e-3)
