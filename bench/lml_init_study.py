@@ -29,23 +29,14 @@ import statistics
 import subprocess
 import sys
 import time
-from math import comb
 from pathlib import Path
 
+from compare_probes import sign_test_p  # bench/ is on the path when this script runs
 from shamisa.fileio import atomic_write_json
 
 ARMS = ("imagenet", "shamisa", "shamisa-no-lml")
 QUESTIONS = (("shamisa", "imagenet", "Does SHAMISA initialisation help?"),
              ("shamisa", "shamisa-no-lml", "Does the local-manifold term help?"))
-
-
-def sign_test_p(wins: int, losses: int) -> float:
-    """Two-sided exact sign test (ties dropped)."""
-    n = wins + losses
-    if n == 0:
-        return 1.0
-    k = min(wins, losses)
-    return min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2**n)
 
 
 def arm_arguments(arm: str, weights: Path, lml_weight: float) -> list[str]:
