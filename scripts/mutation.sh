@@ -5,7 +5,8 @@
 #   pip install "mutmut>=3.8,<4"              # not in the dev extra (pulls in libcst and textual)
 #   scripts/mutation.sh                       # every module, the whole suite of each
 #   scripts/mutation.sh vicreg ridge          # some modules
-#   SUITE=before scripts/mutation.sh ridge    # the module's tests without the test_reference_*.py files
+#   SUITE=before scripts/mutation.sh ridge    # the code and tests of BEFORE_REF (the suite before the
+#                                             # reference tests and gap tests were written)
 #   scripts/mutation.sh --list                # the modules, their scope and their tests
 #
 # Each module runs in its own copy of src/ and tests/ under build/mutation/<module>-<suite>/ (mutmut writes
@@ -16,7 +17,8 @@
 # of those functions by name (mutmut run 'shamisa.pkg.module.x_function__mutmut_*').
 #
 # Environment: PYTHON (default .venv/bin/python), CHILDREN (parallel mutants, default 2), SUITE (after |
-# before), NICE (default 19).
+# before), NICE (default 19), BEFORE_REF (the commit SUITE=before takes src/ and tests/ from; default
+# f2ea31f, the last commit before the reference tests; a module's test files missing there are left out).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,6 +26,7 @@ py=${PYTHON:-$root/.venv/bin/python}
 children=${CHILDREN:-2}
 suite=${SUITE:-after}
 nice_level=${NICE:-19}
+before_ref=${BEFORE_REF:-f2ea31f}
 
 # name | file to mutate (under src/) | mutant-name filters ('' = the whole file) | tests
 modules=(
@@ -80,23 +83,23 @@ for m in "${selected[@]}"; do
   filters=$(field "$m" 3)
   tests=()
   for t in $(field "$m" 4); do
-    if [[ "$suite" == before ]]; then
-      if [[ -d "$root/$t" ]]; then
-        # a folder: its files, less the reference tests
-        while IFS= read -r f; do tests+=("${f#"$root"/}"); done < <(find "$root/$t" -name 'test_*.py' ! -name 'test_reference_*' | sort)
-        continue
-      fi
-      [[ "$(basename "$t")" == test_reference_* ]] && continue
+    if [[ "$suite" == before ]] && ! git -C "$root" cat-file -e "$before_ref:$t" 2>/dev/null; then
+      continue  # written after BEFORE_REF
     fi
     tests+=("$t")
   done
   work="$root/build/mutation/$name-$suite"
   rm -rf "$work"
   mkdir -p "$work"
-  cp -r "$root/src" "$root/tests" "$work/"
+  if [[ "$suite" == before ]]; then
+    git -C "$root" archive "$before_ref" src tests | tar -x -C "$work"
+  else
+    cp -r "$root/src" "$root/tests" "$work/"
+  fi
   find "$work" -name __pycache__ -prune -exec rm -rf {} +
   # the project's pytest settings, and mutmut's for this module
-  sed -n '/^\[tool.pytest.ini_options\]/,/^\[/p' "$root/pyproject.toml" | sed '$ { /^\[/d }' >"$work/pyproject.toml"
+  if [[ "$suite" == before ]]; then git -C "$root" show "$before_ref:pyproject.toml"; else cat "$root/pyproject.toml"; fi |
+    sed -n '/^\[tool.pytest.ini_options\]/,/^\[/p'  | sed '$ { /^\[/d }' >"$work/pyproject.toml"
   {
     echo
     echo "[tool.mutmut]"
