@@ -158,12 +158,13 @@ def _edge_weight(x: np.ndarray) -> np.ndarray:
     return np.clip(e, lo, hi)
 
 
-@pytest.mark.parametrize("v", [3, 8])
-def test_colorshift_blends_a_shifted_green_through_the_edge_weight(v, device):
+@pytest.mark.parametrize(("v", "n_seeds"), [(1, 8), (3, 3), (8, 3)])
+def test_colorshift_blends_a_shifted_green_through_the_edge_weight(v, n_seeds, device):
     x = natural_like_image(32, 40).double().numpy()
     e = _edge_weight(x)
     h, w = e.shape
-    for seed in range(3):
+    seen = set()
+    for seed in range(n_seeds):
         y = _apply(torch.from_numpy(x)[None], "colorshift", v, device, seed=seed)[0]
         np.testing.assert_array_equal(y[0], x[0])
         np.testing.assert_array_equal(y[2], x[2])
@@ -179,6 +180,22 @@ def test_colorshift_blends_a_shifted_green_through_the_edge_weight(v, device):
                 if np.allclose(y[1], e * shifted + (1 - e) * x[1], atol=1e-6):
                     matches.append((dx, dy))
         assert len(matches) == 1, (seed, matches)
+        seen.add(matches[0])
+    if v == 1:
+        # one-pixel shifts: the draws reach shifts with a zero component, whose edge rows or columns
+        # are replicated from the last one
+        assert {(1, 0), (0, 1)} & seen, seen
+
+
+def test_colorshift_leaves_an_image_without_edges_unchanged(device):
+    """A flat image has no edges: the edge weight is zero everywhere (not 0/0) and the image comes back
+    as it went in."""
+    x = torch.empty(2, 3, 24, 30, dtype=torch.float64)
+    x[0] = torch.tensor([0.2, 0.5, 0.7])[:, None, None]
+    x[1] = 0.0
+    for seed in range(2):
+        y = _apply(x, "colorshift", 5, device, seed=seed)
+        np.testing.assert_array_equal(y, x.numpy())
 
 
 # --------------------------------------------------------------------------------------------------
