@@ -10,6 +10,7 @@ softmax).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -94,13 +95,15 @@ def metadata_graphs(sev):
     return {"structural": structural, "ref_dist": ref_dist, "ref_ref": ref_ref, "dist_dist": dist_dist}
 
 
-def knn_graph(h):
-    """a_ij = 1 / (1 + ||h_i - h_j||), a_ii = 0, top k per row, plus the transpose."""
+def knn_graph(h, binary=False):
+    """a_ij = 1 / (1 + ||h_i - h_j||), a_ii = 0, top k per row, plus the transpose (binary: each kept
+    edge weighs 1 instead of a_ij, so a pair that is in both rows' top k weighs 2)."""
     dense = torch.zeros(N, N, dtype=torch.float64)
     for i in range(N):
         aff = [(1.0 / (1.0 + torch.linalg.norm(h[i] - h[j])), j) for j in range(N) if j != i]
         aff.sort(key=lambda a: -float(a[0].detach()))
         for a, j in aff[: CFG.knn_k]:
+            a = torch.ones((), dtype=torch.float64) if binary else a
             dense = dense.index_put((torch.tensor([i]), torch.tensor([j])), a.reshape(1), accumulate=True)
     return dense + dense.T
 
@@ -183,12 +186,14 @@ def cov_term(z):
     return total / d
 
 
-def reference_loss(z_ref, z_dist, h_ref, h_dist, magnitude, direction, indices, var_slot, weighting):
+def reference_loss(z_ref, z_dist, h_ref, h_dist, magnitude, direction, indices, var_slot, weighting, binary=False):
+    """binary (ablation A1): kNN edges weigh 1 and the pair cost counts every edge of the merged graph
+    once, whatever its weight; the branch statistics and the regulariser still see the weights."""
     sev = [[[float(indices[b, f, lev, var_slot[b, f]]) for lev in range(L)] for f in range(F)] for b in range(B)]
     z = torch.cat([z_ref, z_dist])
     h = torch.cat([h_ref, h_dist])
     graphs = metadata_graphs(sev)
-    graphs["knn"] = knn_graph(h)
+    graphs["knn"] = knn_graph(h, binary)
     graphs["transport"], align = transport(h, magnitude, direction, graphs["structural"])
     coefs = {"structural": CFG.coef_structural, "ref_dist": CFG.coef_ref_dist, "ref_ref": CFG.coef_ref_ref,
              "dist_dist": CFG.coef_dist_dist, "knn": CFG.coef_knn, "transport": CFG.coef_transport}
@@ -205,7 +210,7 @@ def reference_loss(z_ref, z_dist, h_ref, h_dist, magnitude, direction, indices, 
     for i in range(N):
         for j in range(i + 1, N):
             if merged[i, j] != 0:
-                pair = pair + merged[i, j] * ((z[i] - z[j]) ** 2).sum()
+                pair = pair + (1.0 if binary else merged[i, j]) * ((z[i] - z[j]) ** 2).sum()
                 reg = reg + merged[i, j] ** 2
     pair = pair / (N * d)
     rel = 2.0 * (pair + align - CFG.rho * reg)
@@ -229,10 +234,10 @@ def _inputs(seed):
     return z_ref, z_dist, h_ref, h_dist, indices, var_slot
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_objective_matches_float64_reference_values_and_gradients(seed, device):
+@pytest.mark.parametrize(("seed", "binary"), [(0, False), (1, False), (0, True)])
+def test_objective_matches_float64_reference_values_and_gradients(seed, binary, device):
     torch.manual_seed(100 + seed)  # prototype and MLP initialisation
-    obj = ShamisaObjective(CFG, rep_dim=REP, emb_dim=EMB)
+    obj = ShamisaObjective(dataclasses.replace(CFG, binary=binary), rep_dim=REP, emb_dim=EMB)
     z_ref, z_dist, h_ref, h_dist, indices, var_slot = _inputs(seed)
 
     # package, float32 on the device under test
@@ -246,7 +251,7 @@ def test_objective_matches_float64_reference_values_and_gradients(seed, device):
     ref_leaves = [t.clone().requires_grad_(True) for t in (z_ref, z_dist, h_ref, h_dist)]
     magnitude = obj.prototypes.magnitude.detach().double().cpu().clone().requires_grad_(True)
     direction = obj.prototypes.direction.detach().double().cpu().clone().requires_grad_(True)
-    ref = reference_loss(*ref_leaves, magnitude, direction, indices, var_slot, obj.weighting.cpu())
+    ref = reference_loss(*ref_leaves, magnitude, direction, indices, var_slot, obj.weighting.cpu(), binary)
     ref["loss"].backward()
 
     for key in ("var", "cov", "rel", "pair", "align", "reg"):
