@@ -118,6 +118,10 @@ def test_swapped_prediction_alignment_hand_computed() -> None:
     empty = EdgeList(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), torch.zeros(0))
     got_self = swapped_prediction_alignment(q, log_p, empty, gamma)
     assert got_self.item() == pytest.approx(-0.5 * gamma * self_term, rel=1e-6)
+    # one edge 0->1 alone: paired = (ln .25 + 0) / 2 (the mean over its K = 2 products)
+    one = EdgeList(torch.tensor([0]), torch.tensor([1]), torch.ones(1))
+    got_one = swapped_prediction_alignment(q, log_p, one, gamma)
+    assert got_one.item() == pytest.approx(-0.5 * gamma * (self_term + math.log(0.25) / 2), rel=1e-6)
 
 
 def test_alignment_gradient_only_through_log_probs() -> None:
