@@ -42,7 +42,7 @@ modules=(
   "vicreg|shamisa/objectives/vicreg.py||tests/objectives"
   "levels|shamisa/distortions/levels.py||tests/distortions/test_levels.py tests/distortions/test_reference_levels.py tests/distortions/test_sampler.py"
   "sampler|shamisa/distortions/sampler.py||tests/distortions/test_sampler.py tests/distortions/test_levels.py tests/distortions/test_reference_levels.py"
-  "noise-types|shamisa/distortions/functional.py|x_whitenoise x_whitenoiseCC x_impulsenoise x_multnoise x__randn x__rand x__normal_table|tests/distortions/test_functional.py tests/distortions/test_reference_types.py"
+  "noise-types|shamisa/distortions/functional.py|x_whitenoise x_whitenoiseCC x_impulsenoise x_multnoise x__randn x__rand x__normal_table|tests/distortions/test_functional.py tests/distortions/test_reference_types.py tests/distortions/test_reference_types_random.py tests/distortions/test_kernels.py"
   "colour-types|shamisa/distortions/functional.py|x_colordiff x__colordiff_finish x_colorshift x__edge_weight x__colorshift_finish x__percentile_lower x_colorsat1 x_colorsat2 x__colorsat2_finish|tests/distortions/test_functional.py tests/distortions/test_reference_types.py tests/distortions/test_reference_types_random.py tests/distortions/test_kernels.py"
   "ridge|shamisa/evaluation/ridge.py||tests/evaluation/test_ridge.py tests/evaluation/test_reference_ridge.py tests/evaluation/test_ridge_messages.py"
   "crops|shamisa/images.py|x_resize x_half_scale x_ensure_min_side x_center_corners_crops x_two_scale_crops|tests/test_images.py tests/evaluation/test_reference_crops.py"

@@ -357,6 +357,9 @@ def test_uniform_draws_are_uniform_and_per_seed():
     u = fn._rand(seeds, (300_000,), like)
     assert u.shape == (3, 300_000) and u.dtype == torch.float32
     assert float(u.min()) >= 0 and float(u.max()) < 1 and torch.equal(u * 2**23, (u * 2**23).round())
+    # every point of the grid is reachable: the lowest of the 23 bits is 0 or 1 with equal chance
+    odd = float(((u * 2**23).long() % 2).double().mean())
+    assert abs(odd - 0.5) < 0.005, odd  # 0.005 is over 9 standard deviations for 900,000 draws
     assert stats.kstest(u.flatten()[::5].double().numpy(), "uniform").statistic < 0.004
     assert torch.equal(fn._rand(seeds[1:2], (300_000,), like[:1])[0], u[1])
     assert torch.equal(fn._rand(seeds[1:2], (30, 7), like[:1]).flatten(), u[1, :210])
