@@ -366,6 +366,23 @@ def test_uniform_draws_are_uniform_and_per_seed():
     assert not torch.equal(u[0], u[1])
 
 
+def test_uniform_draws_filled_in_parallel_equal_one_sample_at_a_time():
+    """With several torch threads a batch's samples are filled by a thread pool: the same draws as each
+    sample drawn alone (which takes the serial path)."""
+    from shamisa.distortions import functional as fn
+
+    seeds = torch.tensor([11, 12, 13, 14])
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        together = fn._rand(seeds, (2, 500), torch.empty(4, 1))
+    finally:
+        torch.set_num_threads(previous)
+    alone = torch.cat([fn._rand(seeds[i : i + 1], (2, 500), torch.empty(1, 1)) for i in range(4)])
+    assert torch.equal(together, alone)
+    assert len({float(t.sum()) for t in together}) == 4
+
+
 def test_scaled_normal_draws_equal_scaled_draws():
     """jitter's draws through a per-sample scaled table equal the draws multiplied afterwards, bit for bit."""
     from shamisa.distortions import functional as fn
