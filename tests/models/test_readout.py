@@ -16,6 +16,7 @@ from shamisa.inference.card import ModelCard
 from shamisa.inference.model_file import encoder_card_fields, read_card, save_model
 from shamisa.inference.quality_model import load
 from shamisa.models import (
+    ENCODER_NAMES,
     MultiLevelEncoder,
     PairedEncoder,
     build_encoder,
@@ -143,3 +144,14 @@ def test_a_card_with_an_unknown_readout_is_refused() -> None:
     with pytest.raises(ModelFileError, match="readout"):
         ModelCard(name="x", encoder="efficientnet_lite0", feature_dim=1904, crop=224, dataset="toy",
                   mos_type="mos", score_range=(0.0, 1.0), readout="gem")
+
+
+@pytest.mark.parametrize("name", ENCODER_NAMES)
+def test_level_widths_are_those_of_the_maps_read_out(name) -> None:
+    """The widths announced at construction (read from the stages' layers, no forward pass) are the
+    channels of the maps that a forward pass reads out, for every architecture."""
+    ml = with_readout(build_encoder(name).eval(), "multilevel")
+    with torch.no_grad():
+        maps = ml.level_maps(torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2)))
+    assert ml.level_dims == tuple(m.shape[1] for m in maps)
+    assert ml.feature_dim == sum(ml.level_dims) and len(maps) == (4 if name.startswith("efficientnet") else 2)

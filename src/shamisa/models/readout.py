@@ -52,6 +52,12 @@ def _lite_level_ends(name: str) -> list[int]:
     return ends
 
 
+def _out_channels(module: torch.nn.Module) -> int:
+    """Channels of a stage's output: those of its last batch norm (every stage read out ends in one)."""
+    norms = [m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    return int(norms[-1].num_features)
+
+
 class MultiLevelEncoder(Encoder):
     """An encoder read out at several levels (see the module docstring); the same backbone and weights
     (``state_dict`` keys unchanged), so it saves and loads like the encoder it wraps."""
@@ -64,12 +70,12 @@ class MultiLevelEncoder(Encoder):
         super().__init__(encoder.name, encoder.backbone, encoder.feature_dim)
         self.train(encoder.training)
         self._ends = _lite_level_ends(encoder.name) if self.family == "lite" else []
-        with torch.no_grad():
-            was_training = self.backbone.training
-            self.backbone.eval()
-            probe = torch.zeros(1, 3, 64, 64, device=next(self.backbone.parameters()).device)
-            self.level_dims = tuple(int(m.shape[1]) for m in self.level_maps(probe))
-            self.backbone.train(was_training)
+        net = self.backbone
+        if self.family == "lite":
+            levels = [net._blocks[end - 1] for end in self._ends] + [net._bn1]
+        else:
+            levels = [net.layer3, net.layer4]
+        self.level_dims = tuple(_out_channels(m) for m in levels)
         self.feature_dim = sum(self.level_dims)
 
     def extra_repr(self) -> str:
