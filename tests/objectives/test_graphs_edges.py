@@ -33,6 +33,7 @@ def test_knn_defaults_and_zero_k() -> None:
     assert torch.equal(a.src, b.src) and torch.equal(a.dst, b.dst) and torch.equal(a.weight, b.weight)
     none = knn_edges(h, 0)
     assert none.n_edges == 0 and none.weight.dtype == torch.float64 and none.src.device == h.device
+    assert none.src.dtype == none.dst.dtype == torch.long  # index tensors, whatever the features' dtype
 
 
 def test_dist_dist_defaults_and_deterministic_ties() -> None:

@@ -63,9 +63,6 @@ class EdgeList:
         """Reversed edges ``dst -> src`` with the same weights."""
         return EdgeList(self.dst, self.src, self.weight)
 
-    def with_weight(self, weight: Tensor) -> EdgeList:
-        return EdgeList(self.src, self.dst, weight)
-
     def to_dense(self, n: int) -> Tensor:
         """Dense ``(n, n)`` adjacency (duplicates summed); for tests and diagnostics."""
         dense = torch.zeros(n, n, dtype=self.weight.dtype, device=self.weight.device)
