@@ -24,6 +24,17 @@ def test_each_method_builds_its_loss_with_the_config_and_sizes() -> None:
     arniqa_cfg = ArniqaLossConfig(temperature=0.3, pristine="exclude")
     arniqa = build_loss(dataclasses.replace(cfg, method="arniqa", arniqa_loss=arniqa_cfg), 24, 16)
     assert isinstance(arniqa, ArniqaObjective) and arniqa.cfg == arniqa_cfg
+    assert (arniqa.rep_dim, arniqa.emb_dim) == (24, 16)
+
+
+def test_arniqa_loss_from_a_config_without_its_field_takes_the_defaults() -> None:
+    from types import SimpleNamespace
+
+    from shamisa.objectives.arniqa import build_arniqa_loss
+
+    for cfg in (SimpleNamespace(), SimpleNamespace(arniqa_loss=None)):
+        loss = build_arniqa_loss(cfg, 6, 5)
+        assert loss.cfg == ArniqaLossConfig() and (loss.rep_dim, loss.emb_dim) == (6, 5)
 
 
 def test_an_unknown_method_names_the_registered_ones() -> None:
