@@ -138,3 +138,16 @@ def test_branch_weighting_one_branch_and_stop_grad() -> None:
     assert BranchWeighting(2, stop_grad=False)(stats2).requires_grad
     with pytest.raises(ValueError, match="at least one branch, got 0"):
         BranchWeighting(0)
+
+
+def test_mixed_precision_inputs_keep_the_computation_dtype() -> None:
+    """float64 statistics into the float32 weighting MLP, float64 edge weights on float32 embeddings: the
+    result has the dtype of the module's parameters / of the embeddings."""
+    torch.manual_seed(0)
+    net = BranchWeighting(3)
+    w = net(torch.tensor([2.0, 1.5, 4.0, 0.5, 1.0, 1.0], dtype=torch.float64))
+    assert w.dtype == torch.float32 and w.sum().item() == pytest.approx(1.0, abs=1e-6)
+    z = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
+    e = EdgeList(torch.tensor([0, 1]), torch.tensor([1, 2]), torch.tensor([0.5, 2.0], dtype=torch.float64))
+    cost = pair_cost(z, e)
+    assert cost.dtype == torch.float32 and cost.item() == pytest.approx(10.5 / 6)
