@@ -55,6 +55,20 @@ def test_matches_loop_reference() -> None:
     assert got_none == pytest.approx(_loop(anchor.tolist(), None, intra.tolist(), 0.2, 1.0), rel=1e-5)
 
 
+def test_float64_inputs_are_computed_in_float64() -> None:
+    """With float64 embeddings every constant (the positive logit 1/T without positives, log w) is float64
+    too: the loss equals the double-precision loop to round-off, not to float32's 1e-7."""
+    g = torch.Generator(torch.get_default_device()).manual_seed(2)
+    anchor = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    positives = torch.randn(4, 2, 3, generator=g, dtype=torch.float64)
+    intra = torch.randn(4, 3, 3, generator=g, dtype=torch.float64)
+    for pos in (positives, None):
+        got = local_manifold_contrastive_loss(anchor, pos, intra, 0.3, 0.3)
+        ref = _loop(anchor.tolist(), None if pos is None else pos.tolist(), intra.tolist(), 0.3, 0.3)
+        assert got.dtype == torch.float64
+        assert got.item() == pytest.approx(ref, rel=1e-12, abs=0)
+
+
 def test_zero_intra_weight_equals_no_intra_negatives() -> None:
     g = torch.Generator(torch.get_default_device()).manual_seed(1)
     anchor = torch.randn(3, 4, generator=g)
