@@ -8,11 +8,15 @@
 #   SUITE=before scripts/mutation.sh ridge    # the code and tests of BEFORE_REF (the suite before the
 #                                             # reference tests and gap tests were written)
 #   scripts/mutation.sh --list                # the modules, their scope and their tests
+#   scripts/mutation.sh --summary [MODULE ...]  # the summaries of the last runs again (after editing
+#                                             # scripts/mutation-equivalent.txt)
 #
 # Each module runs in its own copy of src/ and tests/ under build/mutation/<module>-<suite>/ (mutmut writes
 # its mutants/ folder there, the working tree is left alone); results: build/mutation/<module>-<suite>/result.txt
 # (one line per mutant: name and status), build/mutation/<module>-<suite>/survivors.txt (each surviving mutant
-# and the lines it changed) and a one-line summary on stdout. Modules whose scope is part of a
+# and the lines it changed), gaps.txt (the survivors not listed in scripts/mutation-equivalent.txt) and a
+# one-line summary with the kill rate, killed / (mutants - no tests - equivalent), on stdout
+# (scripts/mutation_summary.py). Modules whose scope is part of a
 # file name the functions they cover: mutmut mutates whole files, and the run is restricted to the mutants
 # of those functions by name (mutmut run 'shamisa.pkg.module.x_function__mutmut_*').
 #
@@ -52,6 +56,13 @@ modules=(
 
 field() { cut -d'|' -f"$2" <<<"$1"; }
 
+# summarize NAME FILE WORK [WHEN]: the one-line summary of a finished run, and its gaps.txt
+summarize() {
+  [[ -f "$3/result.txt" ]] || { echo "$1 ($suite): no run in $3" >&2; return 0; }
+  "$py" "$root/scripts/mutation_summary.py" "$3" "$1 ($suite)" ${4:+"$4"}
+}
+
+
 if [[ "${1:-}" == "--list" ]]; then
   for m in "${modules[@]}"; do
     printf '%-20s %-36s %s\n    tests: %s\n' "$(field "$m" 1)" "$(field "$m" 2)" "$(field "$m" 3)" "$(field "$m" 4)"
@@ -64,6 +75,11 @@ if [[ "$suite" != after && "$suite" != before ]]; then
 fi
 "$py" -c "import mutmut" 2>/dev/null || { echo "mutmut is not installed: pip install 'mutmut>=3.8,<4'" >&2; exit 2; }
 
+summary_only=0
+if [[ "${1:-}" == "--summary" ]]; then
+  summary_only=1
+  shift
+fi
 wanted=("$@")
 selected=()
 for m in "${modules[@]}"; do
@@ -89,6 +105,10 @@ for m in "${selected[@]}"; do
     tests+=("$t")
   done
   work="$root/build/mutation/$name-$suite"
+  if [[ $summary_only == 1 ]]; then
+    summarize "$name" "$file" "$work"
+    continue
+  fi
   rm -rf "$work"
   mkdir -p "$work"
   if [[ "$suite" == before ]]; then
@@ -134,10 +154,6 @@ for m in "${selected[@]}"; do
       grep -E "^$module\.${f}__mutmut_[0-9]+: " "$work/results-all.txt" >>"$work/result.txt" || true
     done
   fi
-  total=$(wc -l <"$work/result.txt")
-  killed=$(grep -c -E ': (killed|timeout|caught by type check)$' "$work/result.txt" || true)
-  survived=$(grep -c -E ': survived$' "$work/result.txt" || true)
-  other=$((total - killed - survived))
   # each survivor with its change (the lines mutmut altered), for classifying it
   (
     cd "$work"
@@ -146,5 +162,5 @@ for m in "${selected[@]}"; do
       "$py" -m mutmut show "$mutant" 2>/dev/null | grep -E '^[-+][^-+]' || true
     done
   ) >"$work/survivors.txt"
-  echo "$name ($suite): $killed of $total killed, $survived survived, $other other (no tests / not checked), $(( $(date +%s) - start )) s"
+  summarize "$name" "$file" "$work" "$(( $(date +%s) - start )) s"
 done
