@@ -153,3 +153,33 @@ def test_head_tensor_round_trip_and_refusals() -> None:
             head_from_tensors(two)
     with pytest.raises(ModelFileError, match=r"^ridge head holds NaN or infinite values$"):
         head_from_tensors(dict(t, coef=torch.tensor([1.0, float("nan")])))
+
+
+def test_select_alpha_names_non_finite_validation_or_prediction_features_and_times_itself() -> None:
+    import time
+
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(12, 2, 3)), rng.normal(size=12)
+    tr, va = [np.arange(8)], [np.arange(8, 12)]
+    bad = x.copy()
+    bad[9, 1, 2] = np.nan  # a validation image only: the training fit is fine
+    with _exact("validation features contain 1 NaN or infinite value(s); cannot fit a ridge regressor"):
+        select_alpha(bad, y, tr, va, grid=[1.0])
+    to_predict = np.array([[0.0, np.inf, 1.0], [np.nan, 0.0, 0.0]])
+    with _exact("features to predict contain 2 NaN or infinite value(s); cannot fit a ridge regressor"):
+        select_alpha(x, y, tr, va, grid=[1.0], predict=[to_predict])
+    start = time.perf_counter()
+    _, table = select_alpha(x, y, tr, va, grid=[1.0, 10.0])
+    elapsed = time.perf_counter() - start
+    assert 0.0 < table.seconds <= elapsed
+
+
+def test_head_tensors_are_float32_whatever_the_default_dtype() -> None:
+    head = RidgeHead(np.array([1.0, -2.0]), 0.25, 3.0)
+    previous = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(torch.float64)
+        t = head_to_tensors(head)
+    finally:
+        torch.set_default_dtype(previous)
+    assert {k: v.dtype for k, v in t.items()} == {k: torch.float32 for k in ("coef", "intercept", "alpha")}
