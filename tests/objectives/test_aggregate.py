@@ -145,6 +145,7 @@ def test_mixed_precision_inputs_keep_the_computation_dtype() -> None:
     result has the dtype of the module's parameters / of the embeddings."""
     torch.manual_seed(0)
     net = BranchWeighting(3)
+    assert net.n_branches == 3
     w = net(torch.tensor([2.0, 1.5, 4.0, 0.5, 1.0, 1.0], dtype=torch.float64))
     assert w.dtype == torch.float32 and w.sum().item() == pytest.approx(1.0, abs=1e-6)
     z = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
