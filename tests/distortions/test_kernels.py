@@ -364,6 +364,9 @@ def test_uniform_draws_are_uniform_and_per_seed():
     assert torch.equal(fn._rand(seeds[1:2], (300_000,), like[:1])[0], u[1])
     assert torch.equal(fn._rand(seeds[1:2], (30, 7), like[:1]).flatten(), u[1, :210])
     assert not torch.equal(u[0], u[1])
+    # on like's dtype (the draws are float32 values, exact in float64)
+    u64 = fn._rand(seeds, (300,), like.double())
+    assert u64.dtype == torch.float64 and torch.equal(u64, u[:, :300].double())
 
 
 def test_uniform_draws_filled_in_parallel_equal_one_sample_at_a_time():
