@@ -159,6 +159,8 @@ def test_argument_edges_and_messages():
         sample_compositions(-1, generator=g)
     with pytest.raises(ConfigError, match=r"^need n_comps >= 0 and n_levels >= 1, got 2, 0$"):
         sample_compositions(2, generator=g, n_levels=0)
+    with pytest.raises(ConfigError, match=r"^severity_dist must be 'gaussian' or 'uniform', got 'normal'$"):
+        sample_compositions(1, generator=g, severity_dist="normal")
     if torch.cuda.is_available():
         with pytest.raises(ValueError, match=r"^sample_compositions needs a CPU torch.Generator$"):
             sample_compositions(1, generator=torch.Generator("cuda"))
