@@ -128,7 +128,10 @@ def main() -> None:
     ex = maps[0]
     doc = {
         "command": f"python bench/quality_map_check.py --kodak {_rel(args.kodak)}"
-        + (f" --severity {args.severity:g}" if args.severity != 2.0 else ""),
+        + (f" --model {args.model}" if args.model != "default" else "")
+        + (f" --severity {args.severity:g}" if args.severity != 2.0 else "")
+        + (f" --threads {args.threads}" if args.threads != 1 else "")
+        + (f" --limit {args.limit}" if args.limit is not None else ""),
         "model": args.model,
         "images": len(files),
         "severity_index": args.severity,
