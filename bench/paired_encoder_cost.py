@@ -1,6 +1,7 @@
 """What the content + quality pair costs when scoring: one EfficientNet-Lite0 against the pair with its
-shared stages computed once and against the pair with nothing shared, on the scorer's batch of 10 crops of
-224 px, fp32 and bfloat16, alternating the three in every round (median over rounds).
+shared stages computed once and against the pair with nothing shared, each also read out at several levels
+(``multilevel``, the default model's readout), on the scorer's batch of 10 crops of 224 px, fp32 and
+bfloat16, alternating the models in every round (median over rounds).
 
 Usage::
 
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 
 from shamisa.fileio import atomic_write_json
-from shamisa.models import PairedEncoder, build_encoder
+from shamisa.models import PairedEncoder, build_encoder, with_readout
 from shamisa.models.encoder import stage_modules
 
 RESULTS = Path(__file__).parent / "results"
@@ -51,6 +52,8 @@ def main() -> None:
         "single": content,
         "pair_shared3": PairedEncoder(content, quality, shared_stages=3),
         "pair_unshared": PairedEncoder(content, quality),
+        "single_multilevel": with_readout(content, "multilevel"),
+        "pair_multilevel": with_readout(PairedEncoder(content, quality), "multilevel"),  # the default model
     }
     x = torch.rand(args.batch, 3, 224, 224).contiguous(memory_format=torch.channels_last)
     times: dict[str, dict[str, list[float]]] = {p: {n: [] for n in models} for p in ("fp32", "bf16")}
