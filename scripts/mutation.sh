@@ -74,6 +74,10 @@ if [[ "$suite" != after && "$suite" != before ]]; then
   exit 2
 fi
 "$py" -c "import mutmut" 2>/dev/null || { echo "mutmut is not installed: pip install 'mutmut>=3.8,<4'" >&2; exit 2; }
+if [[ "$suite" == before ]] && ! git -C "$root" cat-file -e "$before_ref^{commit}" 2>/dev/null; then
+  echo "BEFORE_REF $before_ref is not in this clone's history (a shallow clone? git fetch --unshallow)" >&2
+  exit 2
+fi
 
 summary_only=0
 if [[ "${1:-}" == "--summary" ]]; then

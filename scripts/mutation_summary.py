@@ -39,14 +39,16 @@ def _equivalent(listing: Path) -> dict[str, str]:
     return out
 
 
-def main(work: Path, label: str, when: str = "") -> None:
+def main(work: Path, label: str, when: str = "", listing: Path | None = None) -> str:
+    """Write ``work/gaps.txt`` and return the summary line (``listing``: the equivalents file, by default
+    ``mutation-equivalent.txt`` beside this script)."""
     statuses = [ln.rsplit(": ", 1) for ln in (work / "result.txt").read_text().splitlines() if ": " in ln]
     total = len(statuses)
     killed = sum(s in KILLED for _, s in statuses)
     survivors = [n for n, s in statuses if s == "survived"]
     other = total - killed - len(survivors)
     changes = _changes(work / "survivors.txt")
-    listed = _equivalent(Path(__file__).with_name("mutation-equivalent.txt"))
+    listed = _equivalent(listing or Path(__file__).with_name("mutation-equivalent.txt"))
 
     def is_equivalent(name: str) -> bool:
         added = [ln[1:].strip() for ln in changes.get(name, []) if ln.startswith("+")]
@@ -57,11 +59,11 @@ def main(work: Path, label: str, when: str = "") -> None:
     equivalent = len(survivors) - len(gaps)
     scored = total - other - equivalent
     rate = f"{100 * killed / scored:.1f}%" if scored else "-"
-    print(
+    return (
         f"{label}: {killed} of {total} killed, {len(survivors)} survived ({equivalent} equivalent, {len(gaps)} gaps), "
         f"{other} other (no tests / not checked); kill rate {rate} ({killed} / {scored})" + (f", {when}" if when else "")
     )
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2], *sys.argv[3:4])
+    print(main(Path(sys.argv[1]), sys.argv[2], *sys.argv[3:4]))
