@@ -3,7 +3,7 @@
 # its own fast subset of the tests. Not part of CI (minutes per module); see docs/testing.md.
 #
 #   pip install "mutmut>=3.8,<4"              # not in the dev extra (pulls in libcst and textual)
-#   scripts/mutation.sh                       # every module, the whole suite of each
+#   scripts/mutation.sh                       # every module, each with its own test subset
 #   scripts/mutation.sh vicreg ridge          # some modules
 #   SUITE=before scripts/mutation.sh ridge    # the code and tests of BEFORE_REF (the suite before the
 #                                             # reference tests and gap tests were written)
@@ -16,9 +16,9 @@
 # (one line per mutant: name and status), build/mutation/<module>-<suite>/survivors.txt (each surviving mutant
 # and the lines it changed), gaps.txt (the survivors not listed in scripts/mutation-equivalent.txt) and a
 # one-line summary with the kill rate, killed / (mutants - no tests - equivalent), on stdout
-# (scripts/mutation_summary.py). Modules whose scope is part of a
-# file name the functions they cover: mutmut mutates whole files, and the run is restricted to the mutants
-# of those functions by name (mutmut run 'shamisa.pkg.module.x_function__mutmut_*').
+# (scripts/mutation_summary.py). Modules whose scope is part of a file name the functions they cover: mutmut
+# mutates whole files, and the run is restricted to the mutants of those functions by name
+# (mutmut run 'shamisa.pkg.module.x_function__mutmut_*').
 #
 # Environment: PYTHON (default .venv/bin/python), CHILDREN (parallel mutants, default 2), SUITE (after |
 # before), NICE (default 19), BEFORE_REF (the commit SUITE=before takes src/ and tests/ from; default
