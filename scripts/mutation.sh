@@ -21,7 +21,8 @@
 # (mutmut run 'shamisa.pkg.module.x_function__mutmut_*').
 #
 # Environment: PYTHON (default .venv/bin/python), CHILDREN (parallel mutants, default 2), SUITE (after |
-# before), NICE (default 19), BEFORE_REF (the commit SUITE=before takes src/ and tests/ from; default
+# before), NICE (default 19), PYTEST_EXTRA (more pytest arguments for every mutant, e.g. "--device cuda"
+# on a GPU machine), BEFORE_REF (the commit SUITE=before takes src/ and tests/ from; default
 # f2ea31f, the last commit before the reference tests; a module's test files missing there are left out).
 set -euo pipefail
 
@@ -133,7 +134,9 @@ for m in "${selected[@]}"; do
     sep=""
     for t in "${tests[@]}"; do printf '%s"%s"' "$sep" "$t"; sep=", "; done
     echo "]"
-    echo "pytest_add_cli_args = [\"-q\", \"-x\", \"-p\", \"no:randomly\"]"
+    printf 'pytest_add_cli_args = ["-q", "-x", "-p", "no:randomly"'
+    for a in ${PYTEST_EXTRA:-}; do printf ', "%s"' "$a"; done
+    echo "]"
     echo "process_isolation = \"forkserver\""
     echo "use_git_change_detection = false"
   } >>"$work/pyproject.toml"
