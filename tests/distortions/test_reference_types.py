@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from conftest import natural_like_image
+from distortions.filter_reference import correlate_replicate, gaussian_taps
 from distortions.lab_reference import lab_to_rgb, rgb_to_lab
 from shamisa.distortions import apply_distortion
 
@@ -190,29 +191,11 @@ def test_pixelate_nearest_down_up(v, device):
     np.testing.assert_allclose(_apply(torch.from_numpy(x)[None], "pixelate", v, device)[0], ref, atol=1e-7)
 
 
-def _replicate_correlate_1d(a: np.ndarray, k: np.ndarray, axis: int) -> np.ndarray:
-    half = len(k) // 2
-    pad = [(0, 0)] * a.ndim
-    pad[axis] = (half, half)
-    p = np.pad(a, pad, mode="edge")
-    out = np.zeros_like(a)
-    n = a.shape[axis]
-    for t, kt in enumerate(k):
-        out += kt * np.take(p, np.arange(t, t + n), axis=axis)
-    return out
-
-
-def _gauss(sigma: float, half: int) -> np.ndarray:
-    t = np.arange(-half, half + 1, dtype=np.float64)
-    g = np.exp(-(t**2) / (2 * sigma**2))
-    return g / g.sum()
-
-
 @pytest.mark.parametrize("sigma", [0.5, 2.0])
 def test_gaublur_separable_gaussian(sigma, device):
     x = _image().numpy()
-    k = _gauss(sigma, math.ceil(2 * sigma))  # size 2 ceil(2 sigma) + 1, replicate borders
-    ref = _replicate_correlate_1d(_replicate_correlate_1d(x, k, 2), k, 3)
+    k = gaussian_taps(sigma)  # size 2 ceil(2 sigma) + 1, replicate borders
+    ref = correlate_replicate(x, k)
     np.testing.assert_allclose(_apply(torch.from_numpy(x), "gaublur", sigma, device), ref, atol=1e-6)
 
 
@@ -281,9 +264,7 @@ def test_brighten_curve(v, device):
 def test_highsharpen_unsharp_mask_on_lightness(v, device):
     x = _image().numpy()[0]
     lab = rgb_to_lab(x)
-    k = _gauss(6.0, 6)  # 13 taps, sigma 6
-    lum = lab[0][None, None]
-    blurred = _replicate_correlate_1d(_replicate_correlate_1d(lum, k, 2), k, 3)[0, 0]
+    blurred = correlate_replicate(lab[0], gaussian_taps(6.0, 6))  # 13 taps, sigma 6
     lab[0] = lab[0] + v * (lab[0] - blurred)
     ref = lab_to_rgb(lab)
     y = _apply(torch.from_numpy(x)[None], "highsharpen", v, device)[0]

@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from conftest import natural_like_image
+from distortions.filter_reference import correlate_replicate, gaussian_taps
 from distortions.lab_reference import lab_to_rgb, rgb_to_lab
 from shamisa.distortions import apply_distortion
 
@@ -28,26 +29,6 @@ from shamisa.distortions import apply_distortion
 def _apply(x: torch.Tensor, name: str, v: float, device: torch.device, seed: int = 0) -> np.ndarray:
     y = apply_distortion(x.to(device), name, v, generator=torch.Generator().manual_seed(seed))
     return y.cpu().double().numpy()
-
-
-def _gauss(sigma: float) -> np.ndarray:
-    half = math.ceil(2 * sigma)  # MATLAB fspecial size 2 ceil(2 sigma) + 1
-    t = np.arange(-half, half + 1, dtype=np.float64)
-    g = np.exp(-(t**2) / (2 * sigma**2))
-    return g / g.sum()
-
-
-def _blur(a: np.ndarray, k: np.ndarray) -> np.ndarray:
-    """Separable correlation of the last two axes with ``k``, replicate borders."""
-    half = len(k) // 2
-    out = a
-    for axis in (-2, -1):
-        pad = [(0, 0)] * a.ndim
-        pad[axis] = (half, half)
-        p = np.pad(out, pad, mode="edge")
-        n = a.shape[axis]
-        out = sum(kt * np.take(p, np.arange(t, t + n), axis=axis) for t, kt in enumerate(k))
-    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -58,8 +39,7 @@ def _blur(a: np.ndarray, k: np.ndarray) -> np.ndarray:
 def test_colordiff_blurs_and_scales_the_chroma(v, device):
     x = natural_like_image(20, 28).double() * 0.6 + 0.2  # mostly in gamut after the chroma change
     lab = rgb_to_lab(x.numpy())
-    k = _gauss(1.5 * v + 2.0)
-    lab[1:] = v * _blur(lab[1:], k)
+    lab[1:] = v * correlate_replicate(lab[1:], gaussian_taps(1.5 * v + 2.0))
     ref = lab_to_rgb(lab)
     y = _apply(x[None], "colordiff", v, device)[0]
     # the output is truncated to 8 bits: at most 1/255 below the exact value
@@ -149,7 +129,7 @@ def _edge_weight(x: np.ndarray) -> np.ndarray:
     p = np.pad(gray, 1, mode="edge")
     gx = (p[1:-1, 2:] - p[1:-1, :-2]) / 2
     gy = (p[2:, 1:-1] - p[:-2, 1:-1]) / 2
-    e = _blur(np.sqrt(gx**2 + gy**2), _gauss(4.0))
+    e = correlate_replicate(np.sqrt(gx**2 + gy**2), gaussian_taps(4.0))
     e = (e - e.min()) / (e.max() - e.min())
     n = e.size
     k = int(round(0.99 * n))
