@@ -57,10 +57,10 @@ modules=(
 
 field() { cut -d'|' -f"$2" <<<"$1"; }
 
-# summarize NAME FILE WORK [WHEN]: the one-line summary of a finished run, and its gaps.txt
+# summarize NAME WORK [WHEN]: the one-line summary of a finished run, and its gaps.txt
 summarize() {
-  [[ -f "$3/result.txt" ]] || { echo "$1 ($suite): no run in $3" >&2; return 0; }
-  "$py" "$root/scripts/mutation_summary.py" "$3" "$1 ($suite)" ${4:+"$4"}
+  [[ -f "$2/result.txt" ]] || { echo "$1 ($suite): no run in $2" >&2; return 0; }
+  "$py" "$root/scripts/mutation_summary.py" "$2" "$1 ($suite)" ${3:+"$3"}
 }
 
 
@@ -74,16 +74,16 @@ if [[ "$suite" != after && "$suite" != before ]]; then
   echo "SUITE must be after or before, not $suite" >&2
   exit 2
 fi
-"$py" -c "import mutmut" 2>/dev/null || { echo "mutmut is not installed: pip install 'mutmut>=3.8,<4'" >&2; exit 2; }
-if [[ "$suite" == before ]] && ! git -C "$root" cat-file -e "$before_ref^{commit}" 2>/dev/null; then
-  echo "BEFORE_REF $before_ref is not in this clone's history (a shallow clone? git fetch --unshallow)" >&2
-  exit 2
-fi
-
 summary_only=0
 if [[ "${1:-}" == "--summary" ]]; then
   summary_only=1
   shift
+else
+  "$py" -c "import mutmut" 2>/dev/null || { echo "mutmut is not installed: pip install 'mutmut>=3.8,<4'" >&2; exit 2; }
+  if [[ "$suite" == before ]] && ! git -C "$root" cat-file -e "$before_ref^{commit}" 2>/dev/null; then
+    echo "BEFORE_REF $before_ref is not in this clone's history (a shallow clone? git fetch --unshallow)" >&2
+    exit 2
+  fi
 fi
 wanted=("$@")
 selected=()
@@ -100,6 +100,11 @@ fi
 
 for m in "${selected[@]}"; do
   name=$(field "$m" 1)
+  work="$root/build/mutation/$name-$suite"
+  if [[ $summary_only == 1 ]]; then
+    summarize "$name" "$work"
+    continue
+  fi
   file=$(field "$m" 2)
   filters=$(field "$m" 3)
   tests=()
@@ -109,11 +114,6 @@ for m in "${selected[@]}"; do
     fi
     tests+=("$t")
   done
-  work="$root/build/mutation/$name-$suite"
-  if [[ $summary_only == 1 ]]; then
-    summarize "$name" "$file" "$work"
-    continue
-  fi
   rm -rf "$work"
   mkdir -p "$work"
   if [[ "$suite" == before ]]; then
@@ -169,5 +169,5 @@ for m in "${selected[@]}"; do
       "$py" -m mutmut show "$mutant" 2>/dev/null | grep -E '^[-+][^-+]' || true
     done
   ) >"$work/survivors.txt"
-  summarize "$name" "$file" "$work" "$(( $(date +%s) - start )) s"
+  summarize "$name" "$work" "$(( $(date +%s) - start )) s"
 done
