@@ -33,14 +33,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from shamisa.datasets import load_dataset, make_splits
 from shamisa.evaluation.protocol import EvalConfig, evaluate_linear_probe
 from shamisa.fileio import atomic_write_json
 from shamisa.images import load_image, two_scale_crops
 from shamisa.models import build_encoder, encoder_from_weights
-from shamisa.models.efficientnet_lite import LITE_VARIANTS, scaled_stages
+from shamisa.models.readout import lite_level_maps, lite_stage_ends
 
 #: channels of the pooled levels, in order: the outputs of stages 3..7, then the head
 LEVELS = (40, 80, 112, 192, 320, 1280)
@@ -54,19 +53,12 @@ VARIANTS = {
 
 def pooled_levels(encoder, paths: list[str], log=print) -> np.ndarray:
     """(N, 2 scales, 5 crops, 2 * sum(LEVELS)) float32: per level, mean then std over positions."""
-    net = encoder.backbone
-    ends = set(np.cumsum([s.repeats for s in scaled_stages(*LITE_VARIANTS[encoder.name][:2])])[2:].tolist())
+    ends = lite_stage_ends(encoder.name, first_stage=3)
     rows, t0 = [], time.perf_counter()
     with torch.inference_mode():
         for i, p in enumerate(paths):
             full, half = two_scale_crops(load_image(p), 224)
-            x = F.relu6(net._bn0(net._conv_stem(encoder.normalize(torch.cat([full, half])))))
-            maps = []
-            for j, block in enumerate(net._blocks):
-                x = block(x)
-                if j + 1 in ends:
-                    maps.append(x)
-            maps.append(F.relu6(net._bn1(net._conv_head(x))))
+            maps = lite_level_maps(encoder, torch.cat([full, half]), ends)
             f = torch.cat([t for m in maps for t in (m.mean(dim=(2, 3)), m.std(dim=(2, 3)))], dim=1)
             rows.append(f.reshape(2, 5, -1).numpy().astype(np.float32))
             if (i + 1) % 200 == 0:

@@ -28,7 +28,15 @@ from shamisa.models.efficientnet_lite import LITE_VARIANTS, scaled_stages
 from shamisa.models.encoder import Encoder
 from shamisa.models.paired import PairedEncoder
 
-__all__ = ["READOUTS", "MultiLevelEncoder", "check_readout", "readout_of", "with_readout"]
+__all__ = [
+    "READOUTS",
+    "MultiLevelEncoder",
+    "check_readout",
+    "lite_level_maps",
+    "lite_stage_ends",
+    "readout_of",
+    "with_readout",
+]
 
 #: the readouts :func:`with_readout` knows.
 READOUTS: tuple[str, ...] = ("head", "multilevel")
@@ -41,15 +49,29 @@ def check_readout(name: str) -> str:
     return name
 
 
-def _lite_level_ends(name: str) -> list[int]:
-    """Block counts after which the Lite stages at stride 16 and 32 (stages 5, 6, 7) end."""
-    stages = scaled_stages(*LITE_VARIANTS[name][:2])
+def lite_stage_ends(name: str, first_stage: int = 5) -> list[int]:
+    """Block counts after which EfficientNet-Lite ``name``'s stages ``first_stage``..7 (1-based) end; the
+    default, 5, gives the stages at stride 16 and 32 that the ``multilevel`` readout reads."""
     ends, total = [], 0
-    for i, s in enumerate(stages):
-        total += s.repeats
-        if i >= 4:
+    for i, stage in enumerate(scaled_stages(*LITE_VARIANTS[name][:2])):
+        total += stage.repeats
+        if i + 1 >= first_stage:
             ends.append(total)
     return ends
+
+
+def lite_level_maps(encoder: Encoder, x: torch.Tensor, ends: list[int]) -> list[torch.Tensor]:
+    """(B,3,H,W) in [0,1] -> the feature maps of a Lite encoder after each block count in ``ends``, then
+    its head's map (one forward pass, shallowest first)."""
+    net = encoder.backbone
+    h = F.relu6(net._bn0(net._conv_stem(encoder.normalize(x))))
+    maps = []
+    for i, block in enumerate(net._blocks):
+        h = block(h)
+        if i + 1 in ends:
+            maps.append(h)
+    maps.append(F.relu6(net._bn1(net._conv_head(h))))
+    return maps
 
 
 def _out_channels(module: torch.nn.Module) -> int:
@@ -69,7 +91,7 @@ class MultiLevelEncoder(Encoder):
             raise ConfigError("the encoder already has a multilevel readout")
         super().__init__(encoder.name, encoder.backbone, encoder.feature_dim)
         self.train(encoder.training)
-        self._ends = _lite_level_ends(encoder.name) if self.family == "lite" else []
+        self._ends = lite_stage_ends(encoder.name) if self.family == "lite" else []
         net = self.backbone
         if self.family == "lite":
             levels = [net._blocks[end - 1] for end in self._ends] + [net._bn1]
@@ -83,16 +105,9 @@ class MultiLevelEncoder(Encoder):
 
     def level_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B,3,H,W) in [0,1] -> the feature maps read out, shallowest first."""
-        net, h = self.backbone, self.normalize(x)
         if self.family == "lite":
-            h = F.relu6(net._bn0(net._conv_stem(h)))
-            maps = []
-            for i, block in enumerate(net._blocks):
-                h = block(h)
-                if i + 1 in self._ends:
-                    maps.append(h)
-            maps.append(F.relu6(net._bn1(net._conv_head(h))))
-            return maps
+            return lite_level_maps(self, x, self._ends)
+        net, h = self.backbone, self.normalize(x)
         h = F.max_pool2d(F.relu(net.bn1(net.conv1(h))), kernel_size=3, stride=2, padding=1)
         h = net.layer2(net.layer1(h))
         h3 = net.layer3(h)
